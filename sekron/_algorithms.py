@@ -1,0 +1,160 @@
+"""Per-pattern decomposition algorithms on the rearranged tensor T (MATH.md section 4).
+
+Each algorithm takes T of shape ``(P_1, .., P_S)`` and returns the factors in the
+SeKronTensor axis convention (see :mod:`sekron.sekron_tensor`) and the achieved
+squared absolute error. The SVD-based ones keep orthonormal left vectors and carry
+``U^H M`` to the right, so the squared error is exactly the sum of every discarded
+squared singular value (up to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import tensorly as tl
+
+from ._svd import SVDFunction, choose_svd
+from ._truncation import Budget, branch_mask, choose_ranks
+from .structure import Structure
+
+
+class Context:
+    """What every algorithm needs besides T: caps, budget and SVD choice."""
+
+    def __init__(self, st: Structure, caps: dict[str, int | None], budget: Budget, svd: Any,
+                 tol: float | None, random_state: Any, options: dict[str, Any]) -> None:
+        self.st, self.caps, self.budget, self.svd = st, caps, budget, svd
+        self.tol, self.random_state, self.options = tol, random_state, options
+
+    def svd_for(self, M: Any) -> SVDFunction:
+        return choose_svd(self.svd, tuple(M.shape), M.dtype, self.tol)
+
+    def truncated(self, M: Any, label: str) -> tuple[Any, Any, np.ndarray]:
+        """SVD of the batch ``M`` (B, m, n), truncated per branch: (U, C = s Vh, ranks)."""
+        cap = self.caps.get(label)
+        U, s, Vh = self.svd_for(M)(M, cap, self.random_state)
+        ranks = choose_ranks(s, cap, self.budget, label)
+        R = int(ranks.max())
+        mask = branch_mask(ranks, R, U)
+        U = U[:, :, :R] * tl.reshape(mask, (int(mask.shape[0]), 1, R))
+        C = (tl.reshape(s[:, :R], (int(s.shape[0]), R, 1)) * Vh[:, :R, :]) * tl.reshape(
+            mask, (int(mask.shape[0]), R, 1))
+        return U, C, ranks
+
+
+def _digits(x: Any, bonds: tuple[int, ...], fshape: tuple[int, ...]) -> Any:
+    return tl.reshape(x, bonds + fshape)
+
+
+def nested(T: Any, ctx: Context) -> list[Any]:
+    """The paper's recursive SVD: level k splits every branch's remainder as (P_k, rest)."""
+    st = ctx.st
+    S, P, bonds = st.n_factors, st.factor_sizes, st.bond_labels
+    factors: list[Any] = []
+    batch: tuple[int, ...] = ()
+    rem = tl.reshape(T, (1, P[0], -1))
+    for k in range(S - 1):
+        U, C, _ = ctx.truncated(rem, bonds[k])
+        R = int(U.shape[-1])
+        U = tl.reshape(U, batch + (P[k], R))
+        nb = len(batch)
+        U = tl.transpose(U, tuple(range(nb)) + (nb + 1, nb))
+        factors.append(_digits(U, batch + (R,), st.factor_shapes[k]))
+        batch = batch + (R,)
+        rem = tl.reshape(C, (math.prod(batch), P[k + 1], -1))
+    factors.append(_digits(rem, batch, st.factor_shapes[-1]))
+    return factors
+
+
+def _tt_sweep(rem: Any, r_prev: int, first: int, ctx: Context, labels: str) -> tuple[list[Any], Any, int]:
+    """TT-SVD over factors ``first..`` of T: returns cores (r_prev, P_k, r_k) and the remainder."""
+    P = ctx.st.factor_sizes
+    cores = []
+    for j, label in enumerate(labels):
+        k = first + j
+        M = tl.reshape(rem, (1, r_prev * P[k], -1))
+        U, C, _ = ctx.truncated(M, label)
+        R = int(U.shape[-1])
+        cores.append(tl.reshape(U, (r_prev, P[k], R)))
+        rem, r_prev = tl.reshape(C, (R, -1)), R
+    return cores, rem, r_prev
+
+
+def _core_to_factor(core: Any, fshape: tuple[int, ...]) -> Any:
+    """A TT core (r_left, P, r_right) to factor axes (left, right, digits)."""
+    r0, _, r1 = (int(d) for d in core.shape)
+    return _digits(tl.transpose(core, (0, 2, 1)), (r0, r1), fshape)
+
+
+def chain(T: Any, ctx: Context) -> list[Any]:
+    """TT-SVD over the factors."""
+    st = ctx.st
+    S, bonds, fs = st.n_factors, st.bond_labels, st.factor_shapes
+    cores, rem, r = _tt_sweep(T, 1, 0, ctx, "".join(bonds))
+    factors = [_digits(tl.transpose(tl.reshape(cores[0], tuple(cores[0].shape[1:])), (1, 0)),
+                       (int(cores[0].shape[2]),), fs[0])]
+    factors += [_core_to_factor(c, fs[k]) for k, c in enumerate(cores[1:], start=1)]
+    factors.append(_digits(rem, (r,), fs[S - 1]))
+    return factors
+
+
+def _split(R: int, cap_z: int | None, cap_a: int | None) -> tuple[int, int]:
+    """Sizes (r_z, r_a) with r_z * r_a >= R, as balanced as the caps allow."""
+    r_z = max(1, math.isqrt(R))
+    if cap_z is not None:
+        r_z = min(r_z, cap_z)
+    r_a = -(-R // r_z)
+    if cap_a is not None and r_a > cap_a:
+        r_a = cap_a
+        r_z = -(-R // r_a)
+    return r_z, r_a
+
+
+def ring(T: Any, ctx: Context) -> list[Any]:
+    """TR-SVD: the first unfolding's rank R_1 is split into the closing bond z and bond a."""
+    st = ctx.st
+    S, P, bonds, fs = st.n_factors, st.factor_sizes, st.bond_labels, st.factor_shapes
+    z, a = bonds[0], bonds[1]
+    cz, ca = ctx.caps.get(z), ctx.caps.get(a)
+    first_cap = None if cz is None and ca is None else (cz or P[0]) * (ca or P[0])
+    saved = ctx.caps
+    ctx.caps = {**saved, "\0ring": first_cap}
+    U, C, _ = ctx.truncated(tl.reshape(T, (1, P[0], -1)), "\0ring")
+    ctx.caps = saved
+    clip = ctx.budget.clipped.pop("\0ring", None)
+    if clip is not None:
+        ctx.budget.clipped[z + a] = clip
+    R = int(U.shape[-1])
+    r_z, r_a = _split(R, cz, ca)
+    pad = r_z * r_a - R
+    U, C = U[0], C[0]
+    if pad:
+        U = tl.concatenate([U, tl.zeros((P[0], pad), **tl.context(U))], axis=1)
+        C = tl.concatenate([C, tl.zeros((pad, int(C.shape[1])), **tl.context(C))], axis=0)
+    first = _digits(tl.transpose(tl.reshape(U, (P[0], r_z, r_a)), (1, 2, 0)), (r_z, r_a), fs[0])
+    # remainder (z, a, P_2..P_S) -> (a, P_2..P_S, z), then a TT sweep closed by z
+    C = tl.transpose(tl.reshape(C, (r_z, r_a, -1)), (1, 2, 0))
+    cores, rem, r = _tt_sweep(C, r_a, 1, ctx, "".join(bonds[2:]))
+    factors = [first] + [_core_to_factor(c, fs[k]) for k, c in enumerate(cores, start=1)]
+    last = tl.reshape(rem, (r, P[S - 1], r_z))
+    factors.append(_core_to_factor(last, fs[S - 1]))
+    return factors
+
+
+def tucker(T: Any, ctx: Context) -> list[Any]:
+    """Sequentially truncated HOSVD over the first S-1 modes; the core is the last factor."""
+    st = ctx.st
+    S, bonds, fs = st.n_factors, st.bond_labels, st.factor_shapes
+    core = T
+    factors = []
+    for k in range(S - 1):
+        moved = tl.moveaxis(core, k, 0)
+        rest = tuple(int(d) for d in moved.shape[1:])
+        U, C, _ = ctx.truncated(tl.reshape(moved, (1, int(moved.shape[0]), -1)), bonds[k])
+        R = int(U.shape[-1])
+        factors.append(_digits(tl.transpose(U[0], (1, 0)), (R,), fs[k]))
+        core = tl.moveaxis(tl.reshape(C[0], (R,) + rest), 0, k)
+    factors.append(_digits(core, tuple(int(d) for d in core.shape[:-1]), fs[-1]))
+    return factors

@@ -1,0 +1,107 @@
+"""SVD variants, batched over leading axes, in a small registry.
+
+Every variant maps a batch of matrices ``M`` of shape ``(B, m, n)`` to ``(U, s, Vh)``
+with ``U`` of shape ``(B, m, k)``, ``s`` of shape ``(B, k)`` in decreasing order and
+``Vh`` of shape ``(B, k, n)``, ``k = min(m, n)`` (``k = min(m, n, rank + oversampling)``
+for the randomized variant). ``U`` has orthonormal columns, so ``U^H M = s Vh`` and the
+error of keeping the first ``r`` terms is exactly ``sum_{i > r} s_i^2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorly as tl
+
+SVDFunction = Callable[..., tuple[Any, Any, Any]]
+
+
+def _ct(M: Any) -> Any:
+    """Conjugate transpose of the last two axes."""
+    nd = len(tuple(M.shape))
+    axes = tuple(range(nd - 2)) + (nd - 1, nd - 2)
+    return tl.conj(tl.transpose(M, axes))
+
+
+def _eps(dtype: Any) -> float:
+    single = any(t in str(dtype) for t in ("float32", "complex64", "float16", "bfloat16"))
+    return float(np.finfo(np.float32 if single else np.float64).eps)
+
+
+def svd_full(M: Any, rank: int | None = None, random_state: Any = None) -> tuple[Any, Any, Any]:
+    """The backend's thin SVD (LAPACK gesdd on numpy)."""
+    U, s, Vh = tl.svd(M, full_matrices=False)
+    return U, s, Vh
+
+
+def svd_gram(M: Any, rank: int | None = None, random_state: Any = None) -> tuple[Any, Any, Any]:
+    """SVD from the eigen-decomposition of the small Gram matrix.
+
+    For a wide ``M`` (m <= n) it takes ``eigh(M M^H)``, which costs one ``m x m x n``
+    product instead of a full SVD; a tall ``M`` goes through ``M^H``. Squaring halves the
+    relative precision of the small singular values (they are accurate to about
+    ``sqrt(eps) * s_max``); :func:`choose_svd` falls back to :func:`svd_full` when a
+    tolerance asks for more.
+    """
+    m, n = int(M.shape[-2]), int(M.shape[-1])
+    if m > n:
+        V, s, Uh = svd_gram(_ct(M))
+        return _ct(Uh), s, _ct(V)
+    _, U = tl.eigh(tl.matmul(M, _ct(M)))
+    U = tl.flip(U, axis=-1)  # eigh sorts ascending; s below is then (nearly) decreasing
+    C = tl.matmul(_ct(U), M)  # = s Vh, exactly U^H M
+    s = tl.sqrt(tl.sum(tl.abs(C) ** 2, axis=-1))
+    safe = tl.where(s > 0, s, tl.ones(tuple(s.shape), **tl.context(s)))
+    Vh = C / tl.reshape(safe, tuple(s.shape) + (1,))
+    return U, s, Vh
+
+
+def svd_randomized(M: Any, rank: int | None = None, random_state: Any = None, *, oversampling: int = 10,
+                   n_power: int = 2) -> tuple[Any, Any, Any]:
+    """Randomized range finder (Halko, Martinsson and Tropp) followed by a small SVD.
+
+    Keeps ``min(m, n, rank + oversampling)`` terms; the first ``rank`` are accurate
+    up to the power-iteration gap. Without ``rank`` it is the full SVD.
+    """
+    m, n = int(M.shape[-2]), int(M.shape[-1])
+    if rank is None or rank + oversampling >= min(m, n):
+        return svd_full(M)
+    k = rank + oversampling
+    rng = np.random.default_rng(random_state)
+    batch = tuple(int(b) for b in M.shape[:-2])
+    omega = tl.tensor(rng.standard_normal(batch + (n, k)), **tl.context(M))
+    Y = tl.matmul(M, omega)
+    for _ in range(n_power):
+        Q, _ = tl.qr(Y)
+        Q, _ = tl.qr(tl.matmul(_ct(M), Q))
+        Y = tl.matmul(M, Q)
+    Q, _ = tl.qr(Y)
+    Ub, s, Vh = tl.svd(tl.matmul(_ct(Q), M), full_matrices=False)
+    return tl.matmul(Q, Ub), s, Vh
+
+
+SVD_FUNCTIONS: dict[str, SVDFunction] = {
+    "full": svd_full,
+    "gram": svd_gram,
+    "randomized": svd_randomized,
+}
+
+
+def choose_svd(svd: str | SVDFunction, shape: tuple[int, ...], dtype: Any, tol: float | None) -> SVDFunction:
+    """Resolve ``svd`` (a registry name, "auto", or a callable) for matrices of ``shape``.
+
+    ``"auto"`` takes :func:`svd_gram` for unfoldings at least twice as wide as tall (or
+    tall as wide) unless ``tol`` is so small that squaring would lose the singular values
+    that decide the truncation (``tol**2 < 100 * eps * min(m, n)``); else :func:`svd_full`.
+    """
+    if callable(svd):
+        return svd
+    if svd == "auto":
+        m, n = shape[-2], shape[-1]
+        precise = tol is not None and tol**2 < 100 * _eps(dtype) * min(m, n)
+        return svd_gram if max(m, n) >= 2 * min(m, n) and not precise else svd_full
+    if svd not in SVD_FUNCTIONS:
+        raise ValueError(f"svd must be 'auto', a callable, or one of {sorted(SVD_FUNCTIONS)}, got {svd!r}")
+    return SVD_FUNCTIONS[svd]

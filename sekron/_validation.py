@@ -1,0 +1,77 @@
+"""Shared input checks. This is the one place that words sekron's input errors."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorly as tl
+
+from ._backend import is_array
+
+
+def check_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as int, or raise if it is not an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_shape(shape: Any, name: str) -> tuple[int, ...]:
+    """A shape: a sequence of integers >= 1."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+        raise TypeError(f"{name} must be a sequence of positive integers, got {shape!r}")
+    shape = tuple(shape)
+    for i, size in enumerate(shape):
+        check_int(size, f"{name}[{i}]")
+    return tuple(int(s) for s in shape)
+
+
+def check_array(x: Any, name: str, *, ndim: int | None = None) -> Any:
+    """Check that ``x`` is an array of a known backend, optionally of order ``ndim``."""
+    if not is_array(x):
+        raise TypeError(
+            f"{name} must be an array (numpy, torch, jax, ...), got {type(x).__name__}; "
+            "wrap plain lists with numpy.asarray"
+        )
+    if ndim is not None and len(tuple(x.shape)) != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_finite(x: Any, name: str) -> None:
+    """Raise if ``x`` holds NaN or Inf."""
+    total = tl.sum(tl.abs(x)) if tuple(x.shape) else tl.abs(x)
+    if not bool(np.isfinite(complex(tl.to_numpy(total)))):
+        raise ValueError(f"{name} contains NaN or Inf values; clean the input (e.g. numpy.nan_to_num) first")
+
+
+def check_tol(tol: Any) -> float | None:
+    """``tol`` is None or a float in (0, 1)."""
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol must be a float in (0, 1), got {tol!r} of type {type(tol).__name__}")
+    if not 0 < float(tol) < 1:
+        raise ValueError(f"tol must be in (0, 1) (a relative Frobenius error), got {tol}")
+    return float(tol)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """``value`` must be one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_float_dtype(x: Any, name: str) -> None:
+    """Decompositions need floating or complex input."""
+    dtype = str(x.dtype)
+    if "float" not in dtype and "complex" not in dtype:
+        raise TypeError(
+            f"{name} must have a floating or complex dtype, got {dtype}; convert it first (e.g. x.astype(float))"
+        )

@@ -1,0 +1,310 @@
+"""SeKronTensor: the immutable container, its reconstruction, and the N-D Kronecker product.
+
+Factor-axis convention (referred to everywhere else in sekron): factor ``k`` of a
+structure with bond labels ``labels[k]`` and factor shape ``factor_shapes[k]`` is stored
+as an array of shape ``(*bond sizes in labels[k] order, *factor_shapes[k])``: the bond
+axes first, then the N digit axes. The tensor is
+
+    T[p_1..p_S] = sum over all bonds of prod_k factor_k[bonds_k, p_k],   W = R^{-1}(T)
+
+where ``p_k`` flattens factor k's digits and R is :meth:`Structure.rearrange`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorly as tl
+
+from ._backend import dispatch, infer_backend, using
+from ._contract import contract, einsum2
+from ._validation import check_array
+from .structure import Structure
+
+_DIGIT_BASE = 0xE000  # private-use characters label the digit axes in contractions
+_PRIME_BASE = 0xF0000  # and the primed (conjugate) copy of each bond in norm()
+
+
+def _as_structure(structure: Any) -> Structure:
+    if isinstance(structure, Structure):
+        return structure
+    if isinstance(structure, Sequence) and not isinstance(structure, (str, bytes)):
+        return Structure(structure, "nested")
+    raise TypeError(f"structure must be a sekron.Structure or a list of factor shapes, got {type(structure).__name__}")
+
+
+def _validate_factors(factors: Any, st: Structure) -> tuple[Any, ...]:
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
+        raise TypeError(f"factors must be a sequence of arrays, one per factor, got {type(factors).__name__}")
+    factors = tuple(factors)
+    if len(factors) != st.n_factors:
+        raise ValueError(f"structure has {st.n_factors} factors but {len(factors)} arrays were given")
+    infer_backend(*factors)
+    sizes: dict[str, tuple[int, int]] = {}
+    for k, (f, labels, fshape) in enumerate(zip(factors, st.labels, st.factor_shapes)):
+        check_array(f, f"factors[{k}]")
+        want = len(labels) + st.order
+        shape = tuple(int(s) for s in f.shape)
+        if len(shape) != want:
+            raise ValueError(
+                f"factors[{k}] must have {want} axes ({len(labels)} bonds {labels!r} then the "
+                f"{st.order} digit axes {fshape}), got shape {shape}"
+            )
+        if shape[len(labels):] != fshape:
+            raise ValueError(f"factors[{k}] digit axes {shape[len(labels):]} do not match factor shape {fshape}")
+        for c, size in zip(labels, shape):
+            if c in sizes and sizes[c][1] != size:
+                raise ValueError(
+                    f"bond {c!r} has size {sizes[c][1]} in factors[{sizes[c][0]}] but {size} in "
+                    f"factors[{k}]; the factors sharing a bond must agree on its size"
+                )
+            sizes.setdefault(c, (k, size))
+    dtypes = {str(f.dtype) for f in factors}
+    if len(dtypes) > 1:
+        raise TypeError(f"all factors must share one dtype, got {sorted(dtypes)}; cast them first")
+    return factors
+
+
+class SeKronTensor:
+    """A tensor in SeKron form: factors plus their :class:`~sekron.Structure`.
+
+    Immutable and validated once. Factor ``k`` has shape
+    ``(*bond sizes in structure.labels[k] order, *structure.factor_shapes[k])``.
+
+    Parameters
+    ----------
+    factors : sequence of arrays
+        One array per factor, all of one backend and dtype.
+    structure : Structure or sequence of factor shapes
+        A plain list of factor shapes means the ``nested`` pattern.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A, B = np.ones((1, 2, 2)), np.ones((1, 3, 3))
+    >>> sk = SeKronTensor([A, B], [(2, 2), (3, 3)])
+    >>> sk.shape, sk.rank, sk.n_params
+    ((6, 6), {'a': 1}, 13)
+    >>> bool(np.allclose(sk.to_tensor(), np.kron(A[0], B[0])))
+    True
+    """
+
+    __slots__ = ("_factors", "_structure")
+
+    def __init__(self, factors: Sequence[Any], structure: Structure | Sequence[Sequence[int]]) -> None:
+        st = _as_structure(structure)
+        object.__setattr__(self, "_structure", st)
+        object.__setattr__(self, "_factors", _validate_factors(factors, st))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("SeKronTensor is immutable; build a new one instead")
+
+    @property
+    def factors(self) -> tuple[Any, ...]:
+        """The factors, as a tuple (see the module docstring for their axes)."""
+        return self._factors
+
+    @property
+    def structure(self) -> Structure:
+        """The factor-shape grid and bond pattern."""
+        return self._structure
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the full tensor W."""
+        return self._structure.shape
+
+    @property
+    def pattern(self) -> str | None:
+        """The structure's named pattern (None for custom labels)."""
+        return self._structure.pattern
+
+    @property
+    def rank(self) -> dict[str, int]:
+        """Bond sizes, ``{label: size}`` in the structure's bond-label order."""
+        out: dict[str, int] = {}
+        for f, labels in zip(self._factors, self._structure.labels):
+            for i, c in enumerate(labels):
+                out.setdefault(c, int(f.shape[i]))
+        return {c: out[c] for c in self._structure.bond_labels}
+
+    @property
+    def n_params(self) -> int:
+        """Number of stored entries: the sum of the factors' sizes."""
+        return sum(math.prod(int(s) for s in f.shape) for f in self._factors)
+
+    @property
+    def dtype(self) -> Any:
+        """dtype of the factors."""
+        return self._factors[0].dtype
+
+    def to_tensor(self) -> Any:
+        """The full tensor W (same backend, dtype and device as the factors).
+
+        Examples
+        --------
+        >>> import sekron
+        >>> st = sekron.Structure([(2, 2), (2, 2)])
+        >>> sekron.random_sekron(st, 2).to_tensor().shape
+        (4, 4)
+        """
+        return sekron_to_tensor(self)
+
+    def norm(self) -> Any:
+        """Frobenius norm of W, contracted from the factors' Gram matrices.
+
+        Falls back to the dense norm when the doubled bond network would be larger
+        than W itself.
+
+        Examples
+        --------
+        >>> import numpy as np, sekron
+        >>> sk = sekron.random_sekron(sekron.Structure([(3, 2), (2, 5)], "cp"), 3)
+        >>> bool(np.isclose(sk.norm(), np.linalg.norm(sk.to_tensor())))
+        True
+        """
+        return _norm(self)
+
+    def __repr__(self) -> str:
+        st = self._structure
+        dense = math.prod(self.shape)
+        head = (
+            f"SeKronTensor(shape={self.shape}, pattern={st.pattern!r}, rank={self.rank}, "
+            f"n_params={self.n_params}, compression={dense / max(self.n_params, 1):.2f}x"
+        )
+        rows = [
+            f"  factor {k}: digits {s}  bonds {lab!r}  stored {tuple(int(d) for d in f.shape)}"
+            for k, (f, s, lab) in enumerate(zip(self._factors, st.factor_shapes, st.labels))
+        ]
+        return "\n".join([head] + rows) + ")"
+
+
+def _digit(k: int) -> str:
+    return chr(_DIGIT_BASE + k)
+
+
+def _flat_operands(sk: SeKronTensor) -> list[tuple[str, Any]]:
+    st = sk.structure
+    ops = []
+    for k, (f, labels) in enumerate(zip(sk.factors, st.labels)):
+        bond_shape = tuple(int(s) for s in f.shape[: len(labels)])
+        ops.append((labels + _digit(k), tl.reshape(f, bond_shape + (st.factor_sizes[k],))))
+    return ops
+
+
+@dispatch
+def sekron_to_tensor(sk: SeKronTensor) -> Any:
+    """Reconstruct W from a :class:`SeKronTensor`: one contraction, then the inverse rearrangement.
+
+    Examples
+    --------
+    >>> import numpy as np, sekron
+    >>> A, B = np.arange(4.0).reshape(1, 2, 2), np.ones((1, 2, 3))
+    >>> W = sekron.sekron_to_tensor(sekron.SeKronTensor([A, B], [(2, 2), (2, 3)]))
+    >>> bool(np.allclose(W, np.kron(A[0], B[0])))
+    True
+    """
+    if not isinstance(sk, SeKronTensor):
+        raise TypeError(f"expected a SeKronTensor, got {type(sk).__name__}")
+    st = sk.structure
+    out = "".join(_digit(k) for k in range(st.n_factors))
+    T = contract(_flat_operands(sk), out)
+    return st.unrearrange(T)
+
+
+@dispatch
+def _norm(sk: SeKronTensor) -> Any:
+    st = sk.structure
+    bond_cells = math.prod(sk.rank.values())
+    if bond_cells * bond_cells > math.prod(st.shape):
+        return tl.norm(tl.reshape(sk.to_tensor(), (-1,)))
+    grams = []
+    for spec, f in _flat_operands(sk):
+        bonds = spec[:-1]
+        primed = "".join(chr(_PRIME_BASE + ord(c)) for c in bonds)
+        g = einsum2(spec, f, primed + spec[-1], tl.conj(f), bonds + primed)
+        grams.append((bonds + primed, g))
+    sq = contract(grams, "")
+    return tl.sqrt(tl.abs(sq))
+
+
+def _check_rank_given(st: Structure, rank: Any) -> dict[str, int]:
+    caps = st.parse_rank(rank)
+    missing = [c for c, r in caps.items() if r is None]
+    if missing:
+        raise ValueError(f"rank must give a size for every bond; bonds {missing} have none (got rank={rank!r})")
+    return {c: int(r) for c, r in caps.items() if r is not None}
+
+
+def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, random_state: Any = 0, *,
+                  backend: str | None = None, **context: Any) -> SeKronTensor:
+    """A SeKronTensor with standard normal factors.
+
+    Parameters
+    ----------
+    structure : Structure or list of factor shapes
+    rank : int, sequence or mapping
+        Size of every bond (see :meth:`Structure.parse_rank`).
+    random_state : None, int or numpy.random.Generator
+    backend : str, optional
+        tensorly backend name of the factors; by default ``pytorch`` when ``context``
+        holds a torch dtype or device, else tensorly's current backend.
+    **context
+        Passed to ``tl.tensor``: ``dtype``, ``device``, ... (e.g. ``**tl.context(W)``).
+        The backend is tensorly's current one unless ``context`` names a torch or jax dtype.
+
+    Examples
+    --------
+    >>> import sekron
+    >>> sk = random_sekron(sekron.Structure([(2, 3), (4, 1)], "cp"), 5)
+    >>> [tuple(f.shape) for f in sk.factors]
+    [(5, 2, 3), (5, 4, 1)]
+    """
+    st = _as_structure(structure)
+    sizes = _check_rank_given(st, rank)
+    rng = np.random.default_rng(random_state)
+    complex_ = "complex" in str(context.get("dtype", ""))
+    name = backend or tl.get_backend()
+    if backend is None and any("torch" in type(v).__module__ for v in context.values()):
+        name = "pytorch"
+    factors = []
+    with using(name):
+        for labels, fshape in zip(st.labels, st.factor_shapes):
+            shape = tuple(sizes[c] for c in labels) + fshape
+            data = rng.standard_normal(shape)
+            if complex_:
+                data = data + 1j * rng.standard_normal(shape)
+            factors.append(tl.tensor(data, **context))
+    return SeKronTensor(factors, st)
+
+
+@dispatch
+def kron(*tensors: Any) -> Any:
+    """N-D Kronecker product, the left factor most significant (``numpy.kron`` on matrices).
+
+    ``(A ⊗ B)[i] = A[i // b] * B[i % b]`` per mode; all inputs must have the same order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A, B = np.arange(4.0).reshape(2, 2), np.ones((3, 2))
+    >>> bool(np.array_equal(kron(A, B), np.kron(A, B)))
+    True
+    """
+    if not tensors:
+        raise ValueError("kron needs at least one tensor, got none")
+    for i, t in enumerate(tensors):
+        check_array(t, f"tensors[{i}]")
+    orders = [len(tuple(t.shape)) for t in tensors]
+    if len(set(orders)) != 1:
+        raise ValueError(f"kron needs tensors of one order, got orders {orders}; reshape them to a common order")
+    out = tensors[0]
+    for t in tensors[1:]:
+        a, b = tuple(out.shape), tuple(t.shape)
+        left = tl.reshape(out, tuple(x for s in a for x in (s, 1)))
+        right = tl.reshape(t, tuple(x for s in b for x in (1, s)))
+        out = tl.reshape(left * right, tuple(s * r for s, r in zip(a, b)))
+    return out
