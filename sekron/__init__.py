@@ -1,6 +1,7 @@
 """sekron: SeKron tensor decomposition, a tensor as a sequence of Kronecker products."""
 
 from .decomposition import DECOMPOSITIONS, decompose
+from .io import load, save
 from .sekron_tensor import SeKronTensor, kron, random_sekron, sekron_to_tensor
 from .structure import Structure, pattern_labels, structures
 
@@ -13,8 +14,10 @@ __all__ = [
     "__version__",
     "decompose",
     "kron",
+    "load",
     "pattern_labels",
     "random_sekron",
+    "save",
     "sekron_to_tensor",
     "structures",
 ]
