@@ -1,7 +1,24 @@
 """sekron: SeKron tensor decomposition, a tensor as a sequence of Kronecker products."""
 
+from .conversions import (
+    convert,
+    cp_to_tt,
+    from_cp,
+    from_tr,
+    from_tt,
+    from_tucker,
+    round,
+    to_cp,
+    to_tr,
+    to_tt,
+    to_tucker,
+    tt_to_tr,
+    tt_to_tucker,
+    tucker_to_tt,
+)
 from .decomposition import DECOMPOSITIONS, decompose
 from .io import load, save
+from .plot import draw
 from .sekron_tensor import SeKronTensor, kron, random_sekron, sekron_to_tensor
 from .structure import Structure, pattern_labels, structures
 
@@ -12,12 +29,27 @@ __all__ = [
     "SeKronTensor",
     "Structure",
     "__version__",
+    "convert",
+    "cp_to_tt",
     "decompose",
+    "draw",
+    "from_cp",
+    "from_tr",
+    "from_tt",
+    "from_tucker",
     "kron",
     "load",
     "pattern_labels",
     "random_sekron",
+    "round",
     "save",
     "sekron_to_tensor",
     "structures",
+    "to_cp",
+    "to_tr",
+    "to_tt",
+    "to_tucker",
+    "tt_to_tr",
+    "tt_to_tucker",
+    "tucker_to_tt",
 ]
