@@ -1,5 +1,7 @@
 """sekron: SeKron tensor decomposition, a tensor as a sequence of Kronecker products."""
 
+from .conv import IMPLEMENTATIONS as CONV_IMPLEMENTATIONS
+from .conv import ConvCost, PlanCost, conv, conv_cost
 from .conversions import (
     convert,
     cp_to_tt,
@@ -25,10 +27,15 @@ from .structure import Structure, pattern_labels, structures
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONV_IMPLEMENTATIONS",
     "DECOMPOSITIONS",
+    "ConvCost",
+    "PlanCost",
     "SeKronTensor",
     "Structure",
     "__version__",
+    "conv",
+    "conv_cost",
     "convert",
     "cp_to_tt",
     "decompose",
