@@ -21,6 +21,7 @@ from .conversions import (
 from .decomposition import DECOMPOSITIONS, decompose
 from .io import load, save
 from .plot import draw
+from .search import Candidate, search
 from .sekron_tensor import SeKronTensor, kron, random_sekron, sekron_to_tensor
 from .structure import Structure, pattern_labels, structures
 
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CONV_IMPLEMENTATIONS",
     "DECOMPOSITIONS",
+    "Candidate",
     "ConvCost",
     "PlanCost",
     "SeKronTensor",
@@ -50,6 +52,7 @@ __all__ = [
     "random_sekron",
     "round",
     "save",
+    "search",
     "sekron_to_tensor",
     "structures",
     "to_cp",

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=_cmd_reconstruct)
 
+    sub.add_parser("compress", help="compress a PyTorch model (needs torch): sekron compress --help",
+                   add_help=False)
+
     p = sub.add_parser("demo", help="compress a real tensor with several structures and print a table")
     p.add_argument("--compression", type=float, default=20.0, help="parameter reduction factor (default 20)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -103,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sekron`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compress":  # torch is imported only for this command
+        from .torch.cli import compress_main
+
+        return int(compress_main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,408 @@
+"""Structure search: the SeKron structures and ranks that best meet a budget.
+
+Search space (for a weight of shape ``(d_1, .., d_N)``, e.g. a conv kernel ``(F, C, K_1..K_D)``):
+
+1. **S = 2 grids** (:func:`sekron.structures` with ``exclude_trivial``), every rank. For
+   S = 2 the nested, chain and cp patterns coincide (GKPD); the error at rank R is the
+   tail of the spectrum of ``R(W)``. All grids are scored when their total Gram cost is
+   below :data:`EXHAUSTIVE_FLOPS`; otherwise a coordinate descent over the per-mode
+   splits (from the balanced split, :data:`CD_SWEEPS` sweeps) screens the grids it
+   visits with a randomized sketch, and the :data:`CD_KEEP` best are scored exactly.
+2. **S = 3 grids**: refinements of the :data:`TOP_GRIDS` best S = 2 grids, splitting their
+   second factor in two (both parts non-trivial). They share the S = 2 level-1 split
+   ``(P_1 | P_2 P_3)``, which nested, chain and tucker all start from, so one spectrum
+   serves every refinement. nested is scored on all refinements; chain and tucker on the
+   :data:`TOP_REFINE` best of them; cp (ALS) on the :data:`TOP_CP` best S = 3 grids.
+3. **Baselines, always present**: the axis-aligned TT (chain), TR (ring), CP and Tucker
+   structures (:meth:`sekron.Structure.tt` and friends), scored by their own algorithms.
+
+Pruning: a structure whose smallest rank exceeds the parameter budget is dropped, and
+each (structure, pattern) contributes its least-error rank choice within the budget
+(and within ``max_macs``, from :func:`sekron.conv.conv_cost`). Errors are exact
+(``decompose`` with the candidate's ``options`` reproduces them); only cp relies on ALS.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorly as tl
+
+from . import _search_scoring as sc
+from ._backend import infer_backend, using
+from ._validation import check_array, check_choice
+from .decomposition import decompose
+from .sekron_tensor import SeKronTensor
+from .structure import Structure, structures
+
+#: total Gram flops below which every S = 2 grid is scored
+EXHAUSTIVE_FLOPS = 4e9
+#: coordinate-descent sweeps per start, and visited S = 2 grids kept (rescored in float64)
+CD_SWEEPS = 2
+CD_KEEP = 3
+#: S = 2 grids refined into S = 3 grids
+TOP_GRIDS = 2
+#: S = 3 refinements (best by nested error) also scored as chain and tucker
+TOP_REFINE = 4
+#: S = 3 grids (best by error) also scored as cp by ALS
+TOP_CP = 1
+OBJECTIVES = ("error", "macs", "params")
+BASELINES = ("tt", "tr", "cp", "tucker")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored choice: a structure, its ranks, and what they cost and achieve.
+
+    Attributes
+    ----------
+    structure : Structure
+    rank : dict of {bond label: size}
+    params : int
+        Parameters of the SeKron factors.
+    error : float
+        Relative Frobenius error ``||W - W_hat|| / ||W||`` that :meth:`decompose` achieves.
+    macs : int or None
+        MACs of the best convolution plan (when the search had an ``input_shape``).
+    dense_params : int
+        Entries of the dense weight.
+    baseline : {"tt", "tr", "cp", "tucker"} or None
+        Set for the axis-aligned classical formats.
+    options : dict
+        The ``sekron.decompose`` keywords that reproduce this candidate.
+    """
+
+    structure: Structure
+    rank: dict[str, int]
+    params: int
+    error: float
+    macs: int | None
+    dense_params: int
+    baseline: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pattern(self) -> str | None:
+        """The structure's bond pattern."""
+        return self.structure.pattern
+
+    @property
+    def compression(self) -> float:
+        """Dense entries over SeKron parameters."""
+        return self.dense_params / max(self.params, 1)
+
+    def decompose(self, weight: Any) -> SeKronTensor:
+        """Decompose ``weight`` with this candidate's structure and ranks (its error is :attr:`error`)."""
+        return decompose(weight, self.structure, **self.options)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (JSON-ready)."""
+        return {"structure": self.structure.to_dict(), "pattern": self.pattern, "rank": dict(self.rank),
+                "params": self.params, "macs": self.macs, "error": self.error, "baseline": self.baseline,
+                "compression": self.compression}
+
+
+def _as_numpy(weight: Any) -> np.ndarray:
+    check_array(weight, "weight")
+    if hasattr(weight, "detach"):
+        weight = weight.detach()
+    with using(infer_backend(weight)):
+        W = np.asarray(tl.to_numpy(weight))
+    if not np.issubdtype(W.dtype, np.floating):
+        raise TypeError(f"weight must have a floating dtype, got {W.dtype}")
+    if not np.all(np.isfinite(W)):
+        raise ValueError("weight contains NaN or Inf values; clean it first")
+    return W.astype(np.float64)
+
+
+def param_budget(dense: int, ratio: float | None, max_params: float | None, max_macs: float | None) -> float:
+    """The parameter cap implied by ``ratio`` and ``max_params`` (``dense`` when only MACs are capped)."""
+    if ratio is None and max_params is None and max_macs is None:
+        raise ValueError("give a budget: ratio=, max_params= or max_macs= (with input_shape=)")
+    cap = float(dense)
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 1:
+            raise ValueError(f"ratio must be a number > 1 (dense parameters / compressed parameters), got {ratio!r}")
+        cap = min(cap, dense / float(ratio))
+    if max_params is not None:
+        if isinstance(max_params, bool) or not isinstance(max_params, (int, float)) or max_params < 1:
+            raise ValueError(f"max_params must be a number >= 1, got {max_params!r}")
+        cap = min(cap, float(max_params))
+    return cap
+
+
+# --- families -------------------------------------------------------------------------
+def _grid_cost(st: Structure) -> float:
+    P1, P2 = st.factor_sizes
+    return 2.0 * min(P1, P2) ** 2 * max(P1, P2)
+
+
+def _two_factor_grids(W: np.ndarray, budget: float, top: float, pattern: str) -> list[sc.Family]:
+    """Score S = 2 grids (ranks up to ``top`` parameters): all of them, or those a coordinate descent visits."""
+    grids = [g for g in structures(W.shape, 2, exclude_trivial=True) if sum(g.factor_sizes) <= budget]
+    if sum(_grid_cost(g) for g in grids) <= EXHAUSTIVE_FLOPS:
+        return [sc.two_factor(W, g, top, pattern) for g in grids]
+    return _coordinate_descent(W, budget, top, pattern)
+
+
+def _middle_divisor(d: int) -> int:
+    return min(_divisors(d), key=lambda a: abs(math.log(a) - 0.5 * math.log(d)))
+
+
+def _divisors(d: int) -> list[int]:
+    return [a for a in range(1, d + 1) if d % a == 0]
+
+
+def _coordinate_descent(W: np.ndarray, budget: float, top: float, pattern: str) -> list[sc.Family]:
+    """Coordinate descent over the per-mode splits, screened cheaply; the best visited grids rescored exactly."""
+    shape = W.shape
+    W32 = W.astype(np.float32)
+    seen: dict[tuple[int, ...], float] = {}
+
+    def score(first: tuple[int, ...]) -> float:
+        if first not in seen:
+            grid = (first, tuple(d // a for d, a in zip(shape, first)))
+            st = Structure(grid, pattern)
+            seen[first] = math.inf
+            if all(math.prod(s) > 1 for s in grid) and sum(st.factor_sizes) <= budget:
+                seen[first] = sc.screen_error(W32, st, budget)
+        return seen[first]
+
+    balanced = tuple(_middle_divisor(d) for d in shape)
+    for start in [balanced]:
+        cur, cur_err = start, score(start)
+        for _ in range(CD_SWEEPS):
+            moved = False
+            for n, d in enumerate(shape):
+                for a in _divisors(d):
+                    trial = (*cur[:n], a, *cur[n + 1:])
+                    e = score(trial)
+                    if e < cur_err:
+                        cur, cur_err, moved = trial, e, True
+            if not moved:
+                break
+    best = sorted((e, first) for first, e in seen.items() if math.isfinite(e))[:CD_KEEP]
+    return [sc.two_factor(W, Structure((first, tuple(d // a for d, a in zip(shape, first))), pattern), top, pattern)
+            for _, first in best]
+
+
+def _refine(W: np.ndarray, fam: sc.Family, budget: float, top: float, patterns: Sequence[str]) -> list[sc.Family]:
+    """S = 3 refinements of an S = 2 grid's second factor, sharing its level-1 split."""
+    a, b = fam.structure.factor_shapes
+    P1 = math.prod(a)
+    s2, C = sc.level1(fam.structure.rearrange(W), P1, max(1, int(top // (P1 + 2))))
+    k1 = s2.shape[0]
+    splits = [g for g in structures(b, 2, exclude_trivial=True)]
+    nested_fams = []
+    rows = {}
+    for g in splits:
+        b1, b2 = g.factor_shapes
+        st3 = Structure([a, b1, b2], "nested")
+        if sum(st3.factor_sizes) > budget:
+            continue
+        batched = Structure([(k1, *b1), (1, *b2)]).rearrange(C.reshape((k1, *b)))
+        rows[st3] = batched.reshape(k1, math.prod(b1), math.prod(b2)).reshape(k1, -1)
+        nested_fams.append((st3, sc.three_factor(W, st3, top, ["nested"], (s2, rows[st3]))[0]))
+    if not nested_fams:
+        return []
+    ranked = sorted(nested_fams, key=lambda sf: _best_err(sf[1], budget))
+    out = [f for _, f in nested_fams] if "nested" in patterns else []
+    others = [p for p in ("chain", "tucker") if p in patterns]
+    for st3, _ in ranked[:TOP_REFINE] if others else []:
+        out += sc.three_factor(W, st3, top, others, (s2, rows[st3]))
+    return out
+
+
+def _best_err(fam: sc.Family, budget: float) -> float:
+    idx = fam.best_under(budget)
+    return math.inf if idx is None else float(fam.err[idx])
+
+
+def _cp_rank(st: Structure, budget: float) -> int:
+    return int(budget // sum(st.factor_sizes))
+
+
+def _baselines(W: np.ndarray, budget: float, budgets: Sequence[float], which: Sequence[str]) -> list[sc.Family]:
+    """The axis-aligned formats; cp (ALS) only up to twice ``budget`` unless it is the only one asked for."""
+    out = []
+    for name in which:
+        st = getattr(Structure, name)(W.shape)
+        if name == "cp":
+            als = [b for b in budgets if len(which) == 1 or b <= 2 * budget]
+            ranks = [_cp_rank(st, b) for b in als if _cp_rank(st, b) >= 1]
+            fam = sc.cp_family(W, st, ranks) if ranks else None
+        else:
+            fam = sc.caps_family(W, st, budgets)
+        if fam is not None:
+            fam.baseline = name
+            out.append(fam)
+    return out
+
+
+def families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: Sequence[str],
+             baselines: Sequence[str] = BASELINES, ladder: Sequence[float] = (),
+             spectrum_top: float | None = None) -> list[sc.Family]:
+    """Every scored family for ``W`` (float64 numpy) under a parameter budget.
+
+    ``budget`` decides the pruning; the spectrum families keep every rank up to
+    ``max(budget, *ladder, spectrum_top)`` parameters, and the ALS and rank-cap families are also
+    evaluated at each budget of ``ladder`` (used by :func:`sekron.torch.compress`).
+    """
+    budgets = sorted({float(budget), *(float(b) for b in ladder)})
+    top_budget = max(budgets[-1], spectrum_top or 0.0)
+    fams: list[sc.Family] = []
+    s2_pattern = next((p for p in ("nested", "cp", "chain") if p in patterns), None)
+    if 2 in n_factors or 3 in n_factors:
+        two = _two_factor_grids(W, budget, top_budget, s2_pattern or "nested")
+        if 2 in n_factors and s2_pattern is not None:
+            fams += two
+        if 3 in n_factors:
+            top = sorted(two, key=lambda f: _best_err(f, budget))[:TOP_GRIDS]
+            three: list[sc.Family] = []
+            for fam in top:
+                three += _refine(W, fam, budget, top_budget, patterns)
+            fams += three
+            if "cp" in patterns:
+                best3 = sorted({f.structure.factor_shapes: f for f in three}.values(),
+                               key=lambda f: _best_err(f, budget))[:TOP_CP]
+                for f in best3:
+                    st = Structure(f.structure.factor_shapes, "cp")
+                    ranks = [_cp_rank(st, b) for b in budgets if _cp_rank(st, b) >= 1 and b <= 2 * budget]
+                    if ranks:
+                        fams.append(sc.cp_family(W, st, ranks))
+    fams += _baselines(W, budget, budgets, baselines)
+    return fams
+
+
+# --- MACs ---------------------------------------------------------------------------------
+def candidate_macs(st: Structure, rank: dict[str, int], input_shape: Sequence[int], stride: Any = 1,
+                   padding: Any = 0, dilation: Any = 1) -> int:
+    """MACs of the best plan (factorized or dense, as ``implementation="auto"`` picks) for this kernel."""
+    from .conv import conv_cost
+
+    factors = [np.zeros(tuple(rank[c] for c in lab) + fs, dtype=np.float32)
+               for lab, fs in zip(st.labels, st.factor_shapes)]
+    cost = conv_cost(SeKronTensor(factors, st), tuple(input_shape), stride, padding, dilation)
+    return int(cost.best.macs if cost.auto == "factorized" else cost.dense.macs)
+
+
+def _pick(fam: sc.Family, budget: float, max_macs: float | None, macs_of: Any) -> tuple[int, int | None] | None:
+    """Least-error point of ``fam`` within the budgets: (index, macs)."""
+    ok = np.flatnonzero(fam.params <= budget)
+    if ok.size == 0:
+        return None
+    ordered = ok[np.lexsort((fam.params[ok], fam.err[ok]))]
+    if macs_of is None:
+        return int(ordered[0]), None
+    for idx in ordered[:40]:
+        macs = macs_of(fam, int(idx))
+        if max_macs is None or macs <= max_macs:
+            return int(idx), macs
+    return None
+
+
+_SORT_KEYS = {
+    "error": lambda c: (c.error, c.macs or 0, c.params),
+    "macs": lambda c: (c.macs or 0, c.error, c.params),
+    "params": lambda c: (c.params, c.error),
+}
+
+
+def search(weight: Any, *, ratio: float | None = None, max_params: float | None = None,
+           max_macs: float | None = None, input_shape: Sequence[int] | None = None,
+           n_factors: Sequence[int] = (2, 3), patterns: Sequence[str] = ("nested", "chain", "cp", "tucker"),
+           objective: str = "error", stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+           baselines: Sequence[str] = BASELINES) -> list[Candidate]:
+    """SeKron structures and ranks for ``weight`` within a budget, best first.
+
+    See the module docstring for the search space and its pruning. Every candidate's
+    ``error`` is exactly what ``candidate.decompose(weight)`` achieves.
+
+    Parameters
+    ----------
+    weight : array
+        Any tensor (a conv kernel ``(F, C, K_1..K_D)``, a linear weight ``(F, C)``, ...).
+    ratio : float > 1, optional
+        Keep at most ``weight.size / ratio`` parameters.
+    max_params : int, optional
+        Parameter cap (the smaller of the two caps applies).
+    max_macs : int, optional
+        MAC cap of the convolution (needs ``input_shape``).
+    input_shape : sequence of int, optional
+        ``(B, C, *spatial)`` of the convolution's input; gives every candidate its MACs
+        (:func:`sekron.conv.conv_cost`, with ``stride``, ``padding``, ``dilation``).
+    n_factors : sequence of {2, 3}
+        Numbers of factors S searched (besides the baselines).
+    patterns : sequence of {"nested", "chain", "cp", "tucker"}
+        Bond patterns searched.
+    objective : {"error", "macs", "params"}
+        Sort key (ties broken by the others).
+    baselines : sequence of {"tt", "tr", "cp", "tucker"}
+        Axis-aligned classical formats scored alongside (all by default).
+
+    Returns
+    -------
+    list of Candidate
+        Sorted by ``objective``; one entry per (structure, pattern), all within budget.
+
+    Raises
+    ------
+    ValueError
+        No budget, a bad budget, or a budget that no candidate meets.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.search import search
+    >>> W = np.random.default_rng(0).standard_normal((16, 8, 3, 3))
+    >>> best = search(W, ratio=4)[0]
+    >>> best.params <= W.size / 4
+    True
+    >>> sk = best.decompose(W)
+    >>> bool(np.isclose(np.linalg.norm(W - sk.to_tensor()) / np.linalg.norm(W), best.error))
+    True
+    """
+    W = _as_numpy(weight)
+    dense = W.size
+    budget = param_budget(dense, ratio, max_params, max_macs)
+    check_choice(objective, "objective", OBJECTIVES)
+    for p in patterns:
+        check_choice(p, "patterns[...]", ["nested", "chain", "cp", "tucker"])
+    for b in baselines:
+        check_choice(b, "baselines[...]", list(BASELINES))
+    bad = [s for s in n_factors if s not in (2, 3)]
+    if bad:
+        raise ValueError(f"n_factors must hold only 2 and 3 (deeper structures are reached through the baselines), "
+                         f"got {list(n_factors)}")
+    if input_shape is not None and W.ndim < 3:
+        raise ValueError(f"input_shape (for MACs) needs a conv kernel (F, C, K_1..K_D), got a weight of shape "
+                         f"{W.shape}; drop input_shape for a linear weight")
+    if (max_macs is not None or objective == "macs") and input_shape is None:
+        raise ValueError("max_macs= and objective='macs' need input_shape=(B, C, *spatial) of the convolution")
+    macs_of = None
+    if input_shape is not None:
+        def macs_of(fam: sc.Family, idx: int) -> int:
+            return candidate_macs(fam.structure, fam.rank(idx), input_shape, stride, padding, dilation)
+
+    out: list[Candidate] = []
+    seen: set[tuple[Any, ...]] = set()
+    for fam in families(W, budget, n_factors, patterns, baselines):
+        picked = _pick(fam, budget, max_macs, macs_of)
+        if picked is None:
+            continue
+        idx, macs = picked
+        key = (fam.structure, tuple(fam.ranks[idx]), fam.baseline)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(Candidate(fam.structure, fam.rank(idx), int(fam.params[idx]), float(fam.err[idx]), macs,
+                             dense, fam.baseline, fam.options(idx)))
+    if not out:
+        raise ValueError(f"no structure of a weight of shape {W.shape} meets the budget (at most {budget:.0f} "
+                         f"parameters{'' if max_macs is None else f' and {max_macs} MACs'}); the smallest "
+                         f"rank-1 structure needs more; relax ratio/max_params/max_macs")
+    return sorted(out, key=_SORT_KEYS[objective])

@@ -1,0 +1,59 @@
+"""The report of :func:`sekron.torch.compress`: a list of plain dicts that prints as a table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = (
+    ("name", "layer"), ("shape", "shape"), ("structure", "structure"), ("pattern", "pattern"), ("rank", "rank"),
+    ("params_before", "params"), ("params_after", "-> params"), ("macs_before", "MACs"), ("macs_after", "-> MACs"),
+    ("error", "rel. error"), ("status", "status"),
+)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "error":
+        return f"{value:.4f}"
+    if key in ("params_before", "params_after", "macs_before", "macs_after"):
+        return f"{value:,}"
+    if key == "rank":
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if key == "structure":
+        return " x ".join("(" + ",".join(str(a) for a in s) + ")" for s in value)
+    if key == "shape":
+        return "x".join(str(d) for d in value)
+    return str(value)
+
+
+class CompressionReport(list):  # type: ignore[type-arg]
+    """One dict per conv/linear layer (compressed or skipped, with why), plus :attr:`totals`.
+
+    Each row has ``name, type, shape, status, structure, pattern, rank, baseline,
+    params_before, params_after, macs_before, macs_after, error`` (None where not
+    applicable). ``str(report)`` is a fixed-width table; ``list(report)`` and
+    :attr:`totals` are plain data (JSON-ready).
+    """
+
+    def __init__(self, rows: list[dict[str, Any]], totals: dict[str, Any]) -> None:
+        super().__init__(rows)
+        self.totals = totals
+
+    def __str__(self) -> str:
+        cells = [[head for _, head in COLUMNS]]
+        cells += [[_cell(k, row.get(k)) for k, _ in COLUMNS] for row in self]
+        t = self.totals
+        cells.append(["total (model)", "", "", "", "", f"{t['params_before']:,}", f"{t['params_after']:,}",
+                      _cell("macs_before", t.get("macs_before")), _cell("macs_after", t.get("macs_after")),
+                      f"{t['sq_error']:.4f}", f"{t['ratio']:.2f}x"])
+        widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        lines.append(f"sum of squared relative errors: {t['sq_error']:.4f} (allocation {t['allocation']!r}); "
+                     f"uniform per-layer ratio would give {t['uniform_sq_error']:.4f}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"CompressionReport({len(self)} layers, ratio={self.totals['ratio']:.2f}x)"

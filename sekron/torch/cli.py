@@ -1,0 +1,130 @@
+"""``sekron compress MODEL.pt --ratio 10 -o OUT.pt``: compress a saved PyTorch model from the shell.
+
+Why a state dict plus the model's Python class, and not a TorchScript or ``torch.export``
+file: compression swaps layers for SeKron layers, which needs the model as Python
+modules (``set_submodule``). A scripted or exported program is a frozen graph whose
+layers cannot be replaced, so it is refused with that explanation. The input is
+therefore either
+
+- a state dict (``torch.save(model.state_dict(), "MODEL.pt")``) with ``--arch
+  module:factory`` (or ``path/to/file.py:factory``) naming a function that builds the
+  dense model, loaded with ``weights_only=True``; or
+- a whole pickled module (``torch.save(model, "MODEL.pt")``) with ``--allow-pickle``
+  (unpickling runs code: only for files you trust).
+
+The output is the compressed model's state dict, loadable with ``weights_only=True`` by
+``sekron.torch.load_compressed(factory(), torch.load("OUT.pt"))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .compress import METHODS, compress
+
+
+def _factory(spec: str) -> Callable[[], nn.Module]:
+    if ":" not in spec:
+        raise ValueError(f"--arch must look like 'package.module:factory' or 'file.py:factory', got {spec!r}")
+    where, name = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        loader = importlib.util.spec_from_file_location(Path(where).stem, where)
+        if loader is None or loader.loader is None:
+            raise ValueError(f"--arch: cannot import {where!r}")
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"--arch: {where!r} has no callable {name!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives are zip files with compiled code and a constants table."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def load_model(path: str, arch: str | None = None, allow_pickle: bool = False) -> nn.Module:
+    """The dense model saved at ``path`` (see the module docstring for the accepted files)."""
+    if _is_torchscript(path):
+        raise ValueError(f"{path} is a TorchScript program: its layers are compiled and cannot be swapped; save the "
+                         "Python model's state_dict and pass --arch module:factory")
+    if arch is not None:
+        model = _factory(arch)()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model
+    if not allow_pickle:
+        raise ValueError(f"{path}: pass --arch module:factory to load a state dict, or --allow-pickle to unpickle a "
+                         "whole nn.Module (only for trusted files)")
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, nn.Module):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not an nn.Module; pass --arch for a state dict")
+    return obj
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sekron compress", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("model", help="state dict (with --arch) or pickled nn.Module (with --allow-pickle)")
+    p.add_argument("--ratio", type=float, required=True, help="parameters before / after, > 1")
+    p.add_argument("-o", "--output", required=True, help="where to write the compressed state dict")
+    p.add_argument("--arch", help="'package.module:factory' or 'file.py:factory' building the dense model")
+    p.add_argument("--allow-pickle", action="store_true", help="load a whole pickled nn.Module (trusted files only)")
+    p.add_argument("--method", default="sekron", choices=list(METHODS))
+    p.add_argument("--input-shape", help="model input shape for MACs, e.g. 1,3,32,32")
+    p.add_argument("--include", action="append", help="module name or pattern to compress (repeatable)")
+    p.add_argument("--exclude", action="append", help="module name or pattern to keep dense (repeatable)")
+    p.add_argument("--keep-first", dest="skip_first", action="store_true", default=True,
+                   help="keep the first conv/linear layer dense (default)")
+    p.add_argument("--compress-first", dest="skip_first", action="store_false")
+    p.add_argument("--min-kernel-size", type=int, default=1024)
+    p.add_argument("--report", help="also write the report (rows and totals) as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    return p
+
+
+def compress_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sekron compress``; returns the exit status.
+
+    Examples
+    --------
+    >>> build_parser().parse_args(["model.pt", "--ratio", "10", "-o", "small.pt", "--arch", "pkg.nets:build"]).ratio
+    10.0
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        model = load_model(args.model, args.arch, args.allow_pickle)
+        shape = None if args.input_shape is None else tuple(int(s) for s in args.input_shape.split(","))
+        small, report = compress(model, args.ratio, method=args.method, include=args.include, exclude=args.exclude,
+                                 skip_first=args.skip_first, min_kernel_size=args.min_kernel_size,
+                                 input_shape=shape, inplace=True, progress=not args.quiet)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"sekron compress: error: {exc}", file=sys.stderr)
+        return 2
+    torch.save(small.state_dict(), args.output)
+    if args.report:
+        data: dict[str, Any] = {"rows": list(report), "totals": report.totals}
+        Path(args.report).write_text(json.dumps(data, indent=1))
+    if not args.quiet:
+        print(report)
+        print(f"wrote {args.output}: load it with sekron.torch.load_compressed(<dense model>, torch.load(path))")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(compress_main())
