@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ._svd import SVDFunction, choose_svd
+from ._svd import SVDFunction, _ct, choose_svd, gram_eigh, gram_top, svd_full, svd_gram
+from ._svd import _eps as gram_eps
 from ._truncation import Budget, branch_mask, choose_ranks
 from .structure import Structure
 
@@ -32,9 +33,19 @@ class Context:
         return choose_svd(self.svd, tuple(M.shape), M.dtype, self.tol)
 
     def truncated(self, M: Any, label: str) -> tuple[Any, Any, np.ndarray]:
-        """SVD of the batch ``M`` (B, m, n), truncated per branch: (U, C = s Vh, ranks)."""
+        """SVD of the batch ``M`` (B, m, n), truncated per branch: (U, C = U^H M, ranks).
+
+        ``U`` has orthonormal columns (zeroed beyond each branch's rank), so the squared
+        error of ``U C`` is the sum of the discarded squared singular values.
+        """
         cap = self.caps.get(label)
-        U, s, Vh = self.svd_for(M)(M, cap, self.random_state)
+        fn = self.svd_for(M)
+        if fn is svd_gram:
+            out = self._gram_truncated(M, cap, label)
+            if out is not None:
+                return out
+            fn = svd_full
+        U, s, Vh = fn(M, cap, self.random_state)
         ranks = choose_ranks(s, cap, self.budget, label)
         R = int(ranks.max())
         mask = branch_mask(ranks, R, U)
@@ -42,6 +53,41 @@ class Context:
         C = (tl.reshape(s[:, :R], (int(s.shape[0]), R, 1)) * Vh[:, :R, :]) * tl.reshape(
             mask, (int(mask.shape[0]), R, 1))
         return U, C, ranks
+
+    def _gram_truncated(self, M: Any, cap: int | None, label: str) -> tuple[Any, Any, np.ndarray] | None:
+        """The fast path: ranks from the Gram eigenvalues, then only the kept rows of ``U^H M``.
+
+        With a small rank cap and no ``tol`` only the kept eigenpairs are computed
+        (:func:`gram_top`). Returns None (use the full SVD) in "auto" mode when the cut's
+        error allowance is within 100x of the Gram rounding noise
+        ``min(m, n) * eps * ||M||^2``: squaring would blur the singular values that
+        decide the truncation.
+        """
+        k = min(int(M.shape[-2]), int(M.shape[-1]))
+        allowance = self.budget.allowance()
+        top = None
+        if cap is not None and 2 * cap < k and not math.isfinite(allowance):
+            top = gram_top(M, cap)
+        if top is not None:
+            V, lam, tall, tail = top
+            ranks = np.full(1, cap, dtype=np.int64)
+            self.budget.record(tail)
+        else:
+            V, lam, tall = gram_eigh(M)
+            lam_np = np.maximum(np.real(tl.to_numpy(lam)).astype(np.float64), 0.0)
+            noise = k * gram_eps(M.dtype) * float(lam_np.sum())
+            if self.svd == "auto" and math.isfinite(allowance) and allowance < 100 * noise:
+                return None
+            ranks = choose_ranks(np.sqrt(lam_np), cap, self.budget, label)
+        R = int(ranks.max())
+        B = int(M.shape[0])
+        mask = branch_mask(ranks, R, V)
+        if tall:  # V holds right vectors: orthonormalise M V_R for the left ones
+            U, _ = tl.qr(tl.matmul(M, V[:, :, :R]))
+        else:
+            U = V[:, :, :R]
+        U = U * tl.reshape(mask, (B, 1, R))
+        return U, tl.matmul(_ct(U), M), ranks
 
 
 def _digits(x: Any, bonds: tuple[int, ...], fshape: tuple[int, ...]) -> Any:
@@ -58,11 +104,11 @@ def nested(T: Any, ctx: Context) -> list[Any]:
     for k in range(S - 1):
         U, C, _ = ctx.truncated(rem, bonds[k])
         R = int(U.shape[-1])
-        U = tl.reshape(U, batch + (P[k], R))
+        U = tl.reshape(U, (*batch, P[k], R))
         nb = len(batch)
-        U = tl.transpose(U, tuple(range(nb)) + (nb + 1, nb))
-        factors.append(_digits(U, batch + (R,), st.factor_shapes[k]))
-        batch = batch + (R,)
+        U = tl.transpose(U, (*tuple(range(nb)), nb + 1, nb))
+        factors.append(_digits(U, (*batch, R), st.factor_shapes[k]))
+        batch = (*batch, R)
         rem = tl.reshape(C, (math.prod(batch), P[k + 1], -1))
     factors.append(_digits(rem, batch, st.factor_shapes[-1]))
     return factors
@@ -123,11 +169,12 @@ def ring(T: Any, ctx: Context) -> list[Any]:
     ctx.caps = {**saved, "\0ring": first_cap}
     U, C, _ = ctx.truncated(tl.reshape(T, (1, P[0], -1)), "\0ring")
     ctx.caps = saved
-    clip = ctx.budget.clipped.pop("\0ring", None)
-    if clip is not None:
-        ctx.budget.clipped[z + a] = clip
+    ctx.budget.clipped.pop("\0ring", None)
     R = int(U.shape[-1])
     r_z, r_a = _split(R, cz, ca)
+    for label, cap, got in ((z, cz, r_z), (a, ca, r_a)):  # warn only about bonds that really shrank
+        if cap is not None and got < cap and R < first_cap:  # type: ignore[operator]
+            ctx.budget.clipped[label] = (cap, got)
     pad = r_z * r_a - R
     U, C = U[0], C[0]
     if pad:
@@ -155,6 +202,6 @@ def tucker(T: Any, ctx: Context) -> list[Any]:
         U, C, _ = ctx.truncated(tl.reshape(moved, (1, int(moved.shape[0]), -1)), bonds[k])
         R = int(U.shape[-1])
         factors.append(_digits(tl.transpose(U[0], (1, 0)), (R,), fs[k]))
-        core = tl.moveaxis(tl.reshape(C[0], (R,) + rest), 0, k)
+        core = tl.moveaxis(tl.reshape(C[0], (R, *rest)), 0, k)
     factors.append(_digits(core, tuple(int(d) for d in core.shape[:-1]), fs[-1]))
     return factors

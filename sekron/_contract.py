@@ -53,18 +53,39 @@ def einsum2(spec_a: str, a: Any, spec_b: str, b: Any, spec_out: str) -> Any:
     return _permute(C, batch + free_a + free_b, spec_out)
 
 
-def contract(operands: Sequence[tuple[str, Any]], spec_out: str) -> Any:
-    """Contract ``operands`` (spec, array) left to right into ``spec_out``.
+def _pair_key(ops: list[tuple[str, Any]], i: int, j: int, spec_out: str,
+              size: dict[str, int]) -> tuple[bool, int, str]:
+    """Greedy cost of contracting operands i and j: (outer product?, result size) and the result spec."""
+    needed = set(spec_out).union(*(s for t, (s, _) in enumerate(ops) if t not in (i, j)))
+    si, sj = ops[i][0], ops[j][0]
+    out = "".join(dict.fromkeys(c for c in si + sj if c in needed))
+    return not (set(si) & set(sj)), math.prod(size[c] for c in out), out
 
-    After each step only the labels still needed (by a later operand or the output)
-    are kept; the others are summed.
+
+def contract(operands: Sequence[tuple[str, Any]], spec_out: str) -> Any:
+    """Contract ``operands`` (spec, array) into ``spec_out``, greedily pair by pair.
+
+    Each step contracts the pair of operands that share a label and give the smallest
+    result (outer products only when nothing else is left); labels needed by no other
+    operand and not by the output are summed at once. The greedy order keeps the
+    intermediates small, e.g. a nested network is contracted from its deep end.
     """
-    spec, acc = operands[0]
-    for k in range(1, len(operands)):
-        spec_k, x = operands[k]
-        later = set(spec_out).union(*(s for s, _ in operands[k + 1:]))
-        out = "".join(dict.fromkeys(c for c in spec + spec_k if c in later))
-        acc = einsum2(spec, acc, spec_k, x, out)
-        spec = out
+    ops = list(operands)
+    size: dict[str, int] = {}
+    for spec, x in ops:
+        size.update(_sizes(spec, x))
+    while len(ops) > 1:
+        best = None
+        for i in range(len(ops)):
+            for j in range(i + 1, len(ops)):
+                outer, cells, out = _pair_key(ops, i, j, spec_out, size)
+                if best is None or (outer, cells) < best[0]:
+                    best = ((outer, cells), i, j, out)
+        assert best is not None
+        _, i, j, out = best
+        (si, a), (sj, b) = ops[i], ops[j]
+        ops[i] = (out, einsum2(si, a, sj, b, out))
+        del ops[j]
+    spec, acc = ops[0]
     spec, acc = _sum_out(spec, acc, set(spec_out))
     return _permute(acc, spec, spec_out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,10 @@ def exact_cp(T: Any, sizes: tuple[int, ...]) -> list[Any]:
 def _als(T: Any, R: int, ctx: Context) -> list[Any]:
     n_iter = int(ctx.options.get("n_iter_max", 200))
     init = ctx.options.get("init", "svd")
-    weights, facs = parafac(T, R, n_iter_max=n_iter, init=init, tol=1e-10, random_state=ctx.random_state,
-                            normalize_factors=False)
+    with warnings.catch_warnings():  # tensorly's note that an SVD init pads small modes is not the user's concern
+        warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs", category=UserWarning)
+        weights, facs = parafac(T, R, n_iter_max=n_iter, init=init, tol=1e-10, random_state=ctx.random_state,
+                                normalize_factors=False)
     facs = [tl.transpose(f, (1, 0)) for f in facs]  # (R, P_k)
     facs[0] = facs[0] * tl.reshape(weights, (R, 1))
     return facs
@@ -68,10 +71,10 @@ def cp(T: Any, ctx: Context) -> list[Any]:
         ctx.budget.clipped["a"] = (cap, R_max)
         cap = R_max
     target = ctx.budget.left
-    if cap is None and ctx.tol is None or cap == R_max:
+    if (cap is None and ctx.tol is None) or cap == R_max:
         facs = exact_cp(T, P)
         err = 0.0
-    elif ctx.tol is None:
+    elif ctx.tol is None and cap is not None:
         facs = _als(T, int(cap), ctx)
         err = _cp_error_sq(T, facs)
     else:

@@ -19,10 +19,11 @@ SVDFunction = Callable[..., tuple[Any, Any, Any]]
 
 
 def _ct(M: Any) -> Any:
-    """Conjugate transpose of the last two axes."""
+    """Conjugate transpose of the last two axes (no conjugation, so no copy, when real)."""
     nd = len(tuple(M.shape))
-    axes = tuple(range(nd - 2)) + (nd - 1, nd - 2)
-    return tl.conj(tl.transpose(M, axes))
+    axes = (*tuple(range(nd - 2)), nd - 1, nd - 2)
+    Mt = tl.transpose(M, axes)
+    return tl.conj(Mt) if "complex" in str(M.dtype) else Mt
 
 
 def _eps(dtype: Any) -> float:
@@ -54,7 +55,7 @@ def svd_gram(M: Any, rank: int | None = None, random_state: Any = None) -> tuple
     C = tl.matmul(_ct(U), M)  # = s Vh, exactly U^H M
     s = tl.sqrt(tl.sum(tl.abs(C) ** 2, axis=-1))
     safe = tl.where(s > 0, s, tl.ones(tuple(s.shape), **tl.context(s)))
-    Vh = C / tl.reshape(safe, tuple(s.shape) + (1,))
+    Vh = C / tl.reshape(safe, (*tuple(s.shape), 1))
     return U, s, Vh
 
 
@@ -71,7 +72,7 @@ def svd_randomized(M: Any, rank: int | None = None, random_state: Any = None, *,
     k = rank + oversampling
     rng = np.random.default_rng(random_state)
     batch = tuple(int(b) for b in M.shape[:-2])
-    omega = tl.tensor(rng.standard_normal(batch + (n, k)), **tl.context(M))
+    omega = tl.tensor(rng.standard_normal((*batch, n, k)), **tl.context(M))
     Y = tl.matmul(M, omega)
     for _ in range(n_power):
         Q, _ = tl.qr(Y)
@@ -80,6 +81,45 @@ def svd_randomized(M: Any, rank: int | None = None, random_state: Any = None, *,
     Q, _ = tl.qr(Y)
     Ub, s, Vh = tl.svd(tl.matmul(_ct(Q), M), full_matrices=False)
     return tl.matmul(Q, Ub), s, Vh
+
+
+def gram_eigh(M: Any) -> tuple[Any, Any, bool]:
+    """Eigen-decomposition of the small Gram matrix of the batch ``M`` (B, m, n).
+
+    Returns ``(V, lam, tall)``: for a wide ``M`` (m <= n) the eigenvectors ``V`` (B, m, m)
+    of ``M M^H`` (the left singular vectors); for a tall one those of ``M^H M`` (the right
+    singular vectors). ``lam`` (B, min(m, n)) holds the eigenvalues, the squared singular
+    values, in decreasing order (tiny ones may be slightly negative from rounding).
+    """
+    m, n = int(M.shape[-2]), int(M.shape[-1])
+    tall = m > n
+    G = tl.matmul(_ct(M), M) if tall else tl.matmul(M, _ct(M))
+    lam, V = tl.eigh(G)
+    return tl.flip(V, axis=-1), tl.flip(lam, axis=-1), tall
+
+
+def gram_top(M: Any, rank: int) -> tuple[Any, Any, bool, float] | None:
+    """The ``rank`` leading eigenpairs of the Gram matrix of a single ``M`` (1, m, n), plus the tail energy.
+
+    Like :func:`gram_eigh` but computes only the eigenpairs that a rank cap keeps (LAPACK
+    ``syevr`` with an index range, through scipy), which is several times faster than the
+    full eigen-decomposition when ``rank`` is small. Returns ``(V, lam, tall, tail)``
+    where ``tail = trace(G) - sum(lam)`` is the discarded squared energy, or None when the
+    backend is not numpy or the batch holds several matrices (then use :func:`gram_eigh`).
+    """
+    if tl.get_backend() != "numpy" or int(M.shape[0]) != 1:
+        return None
+    from scipy.linalg import eigh
+
+    m, n = int(M.shape[-2]), int(M.shape[-1])
+    tall = m > n
+    G = tl.matmul(_ct(M), M)[0] if tall else tl.matmul(M, _ct(M))[0]
+    k = min(m, n)
+    trace = float(np.real(np.trace(G)))
+    lam, V = eigh(G, subset_by_index=[k - rank, k - 1], overwrite_a=True, check_finite=False)
+    lam, V = np.ascontiguousarray(lam[::-1]), np.ascontiguousarray(V[:, ::-1])
+    tail = max(trace - float(np.sum(np.maximum(lam, 0))), 0.0)
+    return V[None], lam[None], tall, tail
 
 
 SVD_FUNCTIONS: dict[str, SVDFunction] = {

@@ -50,6 +50,28 @@ def check_finite(x: Any, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf values; clean the input (e.g. numpy.nan_to_num) first")
 
 
+def finite_sq_norm(x: Any, name: str) -> float:
+    """Squared Frobenius norm of ``x`` as a float; raise if ``x`` holds NaN or Inf.
+
+    One pass, no full-size temporary for float64 (a BLAS dot). A finite result proves
+    every entry finite; only a non-finite one triggers the entry-wise check.
+    """
+    flat = tl.reshape(x, (-1,))
+    dtype = str(x.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        if "complex" in dtype:
+            sq = tl.sum(tl.abs(flat) ** 2)
+        elif "float64" in dtype:
+            sq = tl.dot(flat, flat)
+        else:  # pairwise summation keeps single precision accurate
+            sq = tl.sum(flat * flat)
+    value = float(np.real(tl.to_numpy(sq)))
+    if not np.isfinite(value):
+        check_finite(x, name)
+        raise ValueError(f"{name} has entries so large that its squared norm overflows ({dtype}); rescale it first")
+    return value
+
+
 def check_tol(tol: Any) -> float | None:
     """``tol`` is None or a float in (0, 1)."""
     if tol is None:

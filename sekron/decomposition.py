@@ -16,7 +16,7 @@ import tensorly as tl
 from . import _algorithms, _cp
 from ._backend import dispatch
 from ._truncation import Budget
-from ._validation import check_array, check_finite, check_float_dtype, check_tol
+from ._validation import check_array, check_float_dtype, check_tol, finite_sq_norm
 from .sekron_tensor import SeKronTensor, _as_structure
 from .structure import Structure
 
@@ -107,12 +107,12 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
             f"{sorted(DECOMPOSITIONS)} (build the structure with pattern=...)"
         )
     caps = st.parse_rank(rank)
-    check_finite(tensor, "tensor")
+    sq_norm = finite_sq_norm(tensor, "tensor")
     unknown = set(options) - {"n_iter_max", "init"}
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)} for decompose; valid: ['init', 'n_iter_max']")
 
-    norm = float(tl.to_numpy(tl.norm(tl.reshape(tensor, (-1,)))))
+    norm = math.sqrt(sq_norm)
     budget = Budget.make(tol, norm, _n_cuts(st))
     T = st.rearrange(tensor)
     if st.n_factors == 1:

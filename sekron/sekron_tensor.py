@@ -93,6 +93,8 @@ class SeKronTensor:
     """
 
     __slots__ = ("_factors", "_structure")
+    _factors: tuple[Any, ...]
+    _structure: Structure
 
     def __init__(self, factors: Sequence[Any], structure: Structure | Sequence[Sequence[int]]) -> None:
         st = _as_structure(structure)
@@ -134,7 +136,7 @@ class SeKronTensor:
     @property
     def n_params(self) -> int:
         """Number of stored entries: the sum of the factors' sizes."""
-        return sum(math.prod(int(s) for s in f.shape) for f in self._factors)
+        return sum(math.prod(tuple(int(s) for s in f.shape)) for f in self._factors)
 
     @property
     def dtype(self) -> Any:
@@ -179,7 +181,7 @@ class SeKronTensor:
             f"  factor {k}: digits {s}  bonds {lab!r}  stored {tuple(int(d) for d in f.shape)}"
             for k, (f, s, lab) in enumerate(zip(self._factors, st.factor_shapes, st.labels))
         ]
-        return "\n".join([head] + rows) + ")"
+        return "\n".join([head, *rows]) + ")"
 
 
 def _digit(k: int) -> str:
@@ -191,7 +193,7 @@ def _flat_operands(sk: SeKronTensor) -> list[tuple[str, Any]]:
     ops = []
     for k, (f, labels) in enumerate(zip(sk.factors, st.labels)):
         bond_shape = tuple(int(s) for s in f.shape[: len(labels)])
-        ops.append((labels + _digit(k), tl.reshape(f, bond_shape + (st.factor_sizes[k],))))
+        ops.append((labels + _digit(k), tl.reshape(f, (*bond_shape, st.factor_sizes[k]))))
     return ops
 
 

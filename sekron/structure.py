@@ -40,16 +40,16 @@ def pattern_labels(pattern: str, n_factors: int) -> Labels:
         return ("",)
     L = _CHAIN_LETTERS
     if pattern == "nested":
-        return tuple(L[: k + 1] for k in range(S - 1)) + (L[: S - 1],)
+        return (*tuple(L[:k + 1] for k in range(S - 1)), L[:S - 1])
     if pattern == "cp":
         return ("a",) * S
     if pattern == "tucker":
-        return tuple(L[k] for k in range(S - 1)) + (L[: S - 1],)
-    chain = ("a",) + tuple(L[k - 1] + L[k] for k in range(1, S - 1)) + (L[S - 2],)
+        return (*tuple(L[k] for k in range(S - 1)), L[:S - 1])
+    chain = ("a", *tuple(L[k - 1] + L[k] for k in range(1, S - 1)), L[S - 2])
     if pattern == "chain":
         return chain
     # ring: the chain closed by the bond z between the last and the first factor
-    return (_RING_CLOSURE + chain[0],) + chain[1:-1] + (chain[-1] + _RING_CLOSURE,)
+    return (_RING_CLOSURE + chain[0], *chain[1:-1], chain[-1] + _RING_CLOSURE)
 
 
 def _check_labels(labels: Any, n_factors: int) -> Labels:
@@ -193,7 +193,7 @@ class Structure:
         (((4, 1), (1, 5), (1, 1)), ('a', 'b', 'ab'))
         """
         grid = cls._axis_aligned(shape)
-        return cls(grid + ((1,) * len(grid),), "tucker")
+        return cls((*grid, (1,) * len(grid)), "tucker")
 
     # --- properties ---------------------------------------------------------------
     @property
@@ -371,7 +371,7 @@ class Structure:
             f"  factor {k}: {str(s).ljust(width)}  bonds {lab!r}"
             for k, (s, lab) in enumerate(zip(self._factor_shapes, self._labels))
         ]
-        return "\n".join([head] + rows) + ")"
+        return "\n".join([head, *rows]) + ")"
 
 
 def _ordered_factorizations(d: int, parts: int) -> Iterator[tuple[int, ...]]:
