@@ -62,9 +62,14 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from ._demo import real_weights_demo, run, run_demo
 
-    print(run_demo(compression=args.compression, show_progress=not args.quiet))
+    if args.data == "pines":
+        print(run_demo(compression=args.compression, show_progress=not args.quiet))
+    elif args.data == "ddddocr":
+        print(real_weights_demo(n_layers=args.layers, ratio=args.compression, show_progress=not args.quiet))
+    else:
+        print(run(show_progress=not args.quiet))
     return 0
 
 
@@ -97,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("compress", help="compress a PyTorch model (needs torch): sekron compress --help",
                    add_help=False)
 
-    p = sub.add_parser("demo", help="compress a real tensor with several structures and print a table")
-    p.add_argument("--compression", type=float, default=20.0, help="parameter reduction factor (default 20)")
+    p = sub.add_parser("demo", help="SeKron against TT, TR, CP and Tucker on real conv weights; prints a table")
+    p.add_argument("--data", choices=["auto", "ddddocr", "pines"], default="auto",
+                   help="ddddocr's conv weights (default when installed) or tensorly's Indian Pines cube")
+    p.add_argument("--compression", type=float, default=8.0, help="parameter reduction factor (default 8)")
+    p.add_argument("--layers", type=int, default=5, help="number of ddddocr layers (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
     return parser

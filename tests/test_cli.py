@@ -61,3 +61,28 @@ def test_budget_helpers() -> None:
     r = rank_for_budget(st, 200)
     assert r is not None and param_count(st, r) <= 200 < param_count(st, r + 1)
     assert rank_for_budget(st, 5) is None
+
+
+def test_demo_falls_back_without_real_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sekron._demo as demo
+    import sekron.datasets as datasets
+
+    def missing() -> None:
+        raise ModuleNotFoundError("the package 'ddddocr' is not installed")
+
+    monkeypatch.setattr(datasets, "load_ddddocr_convs", missing)
+    monkeypatch.setattr(demo, "run_demo", lambda **kw: "pines table")
+    out = demo.run(show_progress=False)
+    assert "real conv weights unavailable" in out and "make demo" in out and out.endswith("pines table")
+
+
+def test_real_weights_demo_one_layer() -> None:
+    pytest.importorskip("onnx")
+    import importlib.util
+
+    if importlib.util.find_spec("ddddocr") is None:
+        pytest.skip("ddddocr is not installed (make demo installs it)")
+    from sekron._demo import real_weights_demo
+
+    table = real_weights_demo(n_layers=1, ratio=8, show_progress=False)
+    assert "| Conv_41 | 24x12x3x3 |" in table and "lowest error on" in table
