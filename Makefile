@@ -17,6 +17,7 @@ $(VENV)/.installed-base: pyproject.toml
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-base
 	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -e '.[test,torch,jax,plot]'
+	$(PIP) install -q --no-deps ddddocr==1.6.1
 	touch $@
 
 # the demo reads real conv weights from ddddocr's wheel (MIT); --no-deps keeps onnxruntime and opencv out
