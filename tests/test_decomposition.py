@@ -11,6 +11,7 @@ import pytest
 import tensorly as tl
 from hypothesis import given, settings
 from hypothesis import strategies as hst
+from strategies import grids
 
 import sekron._algorithms as algorithms
 import sekron._svd as svd_module
@@ -21,20 +22,6 @@ from sekron.structure import Structure
 PATTERNS = ("nested", "chain", "ring", "cp", "tucker")
 SVD_PATTERNS = ("nested", "chain", "ring", "tucker")
 EXACT_ERROR = ("nested", "chain", "tucker")  # reported error == true error; ring: an upper bound
-
-
-@hst.composite
-def grids(draw: hst.DrawFn, min_factors: int = 1, max_size: int = 2000) -> tuple:
-    S, N = draw(hst.integers(min_factors, 4)), draw(hst.integers(1, 4))
-    total, grid = 1, []
-    for _ in range(S):
-        row = []
-        for _ in range(N):
-            size = draw(hst.integers(1, max(1, min(6, max_size // total))))
-            total *= size
-            row.append(size)
-        grid.append(tuple(row))
-    return tuple(grid)
 
 
 def rel_err(sk: SeKronTensor, W: np.ndarray) -> float:

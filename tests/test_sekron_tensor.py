@@ -9,26 +9,13 @@ import pytest
 import tensorly as tl
 from hypothesis import given
 from hypothesis import strategies as hst
+from strategies import grids
 
 from sekron.sekron_tensor import SeKronTensor, kron, random_sekron, sekron_to_tensor
 from sekron.structure import Structure
 
 PATTERNS = ("nested", "chain", "ring", "cp", "tucker")
 RTOL = {"float32": 2e-4, "float64": 1e-10, "complex128": 1e-10}
-
-
-@hst.composite
-def grids(draw: hst.DrawFn, max_size: int = 2000) -> tuple:
-    S, N = draw(hst.integers(1, 4)), draw(hst.integers(1, 4))
-    total, grid = 1, []
-    for _ in range(S):
-        row = []
-        for _ in range(N):
-            size = draw(hst.integers(1, max(1, min(5, max_size // total))))
-            total *= size
-            row.append(size)
-        grid.append(tuple(row))
-    return tuple(grid)
 
 
 def brute_to_tensor(factors: list[np.ndarray], st: Structure) -> np.ndarray:
@@ -58,7 +45,7 @@ def brute_kron(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 # --- reconstruction --------------------------------------------------------------------------
-@given(grids(), hst.sampled_from(PATTERNS), hst.integers(1, 3))
+@given(grids(max_cell=5), hst.sampled_from(PATTERNS), hst.integers(1, 3))
 def test_to_tensor_matches_einsum_definition(grid: tuple, pattern: str, r: int) -> None:
     st = Structure(grid, pattern)
     sk = random_sekron(st, r, random_state=r)
