@@ -15,9 +15,9 @@ parameter count and its relative error. How the errors are obtained:
 - ``als`` (cp with S >= 3): a CP-ALS on T (:func:`fast_als`, at most :data:`ALS_ITERS`
   sweeps within :data:`ALS_FLOPS`); its factors become ``decompose``'s ``init`` with
   ``n_iter_max=0``, so ``decompose`` returns exactly them and their true error.
-- ``caps`` (any SVD pattern and S, used for the axis-aligned TT / TR / Tucker baselines):
-  the ranks ``decompose(W, st, tol=t)`` picks for a few ``t``, scaled down to the budget,
-  then ``decompose(W, st, rank=caps)``; its error is again the spectrum's.
+- ``caps`` (the axis-aligned TT / TR / Tucker baselines): rank profiles from the spectra
+  of W's unfoldings (:mod:`sekron._search_baselines`), scaled to the budget, then one
+  ``decompose(W, st, rank=caps)`` per point; its error is again the spectrum's.
 
 Every point carries the ``decompose`` keywords that reproduce it exactly.
 """
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _search_baselines as bl
 from .decomposition import decompose
 from .structure import Structure
 
@@ -41,6 +42,9 @@ ALS_ITERS = 60
 ALS_FLOPS = 1.5e9
 #: columns of the randomized sketch that screens large S = 2 grids
 SKETCH = 32
+#: leading level-1 branches, and flop allowance, of the exact split screen
+SCREEN_BRANCHES = 4
+SCREEN_FLOPS = 2e9
 #: level-1 ranks at which chain / tucker Gram spectra are evaluated, at most this many
 R1_GRID = 8
 
@@ -126,7 +130,7 @@ def two_factor(W: np.ndarray, st: Structure, max_params: float, pattern: str) ->
     return _rank_points(st.with_pattern(pattern), R[:, None], R * (P1 + P2), tails[R], norm2)
 
 
-def screen_error(W32: np.ndarray, st: Structure, max_params: float) -> float:
+def screen_error(W32: np.ndarray, st: Structure, max_params: float, total: float) -> float:
     """Approximate S = 2 error at the largest rank within ``max_params``, for screening grids only.
 
     Exact (float32 Gram) when that is cheap; otherwise a one-pass randomized range finder
@@ -136,19 +140,56 @@ def screen_error(W32: np.ndarray, st: Structure, max_params: float) -> float:
     R = int(max_params // (P1 + P2))
     if R < 1:
         return math.inf
-    M = st.rearrange(W32).reshape(P1, P2)
-    total = float(np.sum(M.astype(np.float64) ** 2))
     if total == 0:
         return 0.0
+    M = st.rearrange(W32).reshape(P1, P2)
     k = min(R, SKETCH) + 8
     if min(P1, P2) <= 2 * k:
         s2 = sq_svals(M)
-    else:
-        rng = np.random.default_rng(0)
-        Q, _ = np.linalg.qr(M @ rng.standard_normal((P2, k)).astype(np.float32))
-        s2 = sq_svals(Q.T @ M)[: min(R, SKETCH)]
+    else:  # s^2 of Q^T M for Q = orth(M Omega): the generalized eigenvalues of (Z Z^T, Y^T Y)
+        from scipy.linalg import eigh
+
+        Omega = np.random.default_rng(0).standard_normal((P2, k)).astype(M.dtype)
+        Y = M @ Omega
+        Z = (Y.T @ M).astype(np.float64)
+        B = (Y.T @ Y).astype(np.float64)
+        B[np.diag_indices(k)] += 1e-7 * max(float(np.trace(B)), 1e-300)
+        s2 = np.clip(eigh(Z @ Z.T, B, eigvals_only=True)[::-1], 0.0, None)[: min(R, SKETCH)]
         s2 = np.concatenate([s2, np.full(max(R - s2.size, 0), s2[-1])])  # extrapolate beyond the sketch
     return math.sqrt(max(total - float(np.sum(s2[:R], dtype=np.float64)), 0.0) / total)
+
+
+def split_screen(C: np.ndarray, s2: np.ndarray, b: tuple[int, ...], P1: int, budget: float, norm2: float,
+                  n: int) -> Any:
+    """Screening key of a split of ``b``: the least nested error within ``budget``, estimated.
+
+    Every branch ``r`` is assumed to lose the same fraction of ``s_r^2`` at rank R2 as the
+    :data:`SCREEN_BRANCHES` leading branches do on average (exact Gram spectra of their
+    ``(P_2, P_3)`` blocks; a sketch of the leading one when the n screens would exceed
+    :data:`SCREEN_FLOPS`); the level-1 tail is exact.
+    """
+    m = min(SCREEN_BRANCHES, C.shape[0])
+    k1 = s2.shape[0]
+    tail1 = _tails(s2, norm2)[1:]  # tail1[R1 - 1]
+    kept1 = np.cumsum(s2)  # kept1[R1 - 1]
+    R1 = np.arange(1, k1 + 1)[:, None]
+    exact = 2.0 * m * math.prod(b) ** 1.5 * n <= SCREEN_FLOPS
+    lead = C[:m].reshape((m, *b)) if exact else C[0].reshape(b).astype(np.float32)
+
+    def key(g: Structure) -> float:
+        Q1, Q2 = g.factor_sizes
+        if exact:
+            g1, g2 = g.factor_shapes
+            blocks = Structure([(m, *g1), (1, *g2)]).rearrange(lead).reshape(m, Q1, Q2)
+            frac = np.mean(_tails(sq_svals(blocks), s2[:m]) / np.maximum(s2[:m, None], 1e-300), axis=0)[1:]
+        else:
+            frac = np.array([screen_error(lead, g, R2 * (Q1 + Q2), float(s2[0])) ** 2
+                             for R2 in range(1, min(Q1, Q2) + 1)])
+        R2 = np.arange(1, frac.size + 1)[None, :]
+        err2 = tail1[:, None] + frac[None, :] * kept1[:, None]
+        ok = R1 * P1 + R1 * R2 * (Q1 + Q2) <= budget
+        return float(err2[ok].min()) if ok.any() else math.inf
+    return key
 
 
 def _r1_values(k1: int, limit: int) -> np.ndarray:
@@ -158,10 +199,10 @@ def _r1_values(k1: int, limit: int) -> np.ndarray:
 
 
 def three_factor(W: np.ndarray, st: Structure, max_params: float, patterns: Sequence[str],
-                 first: tuple[np.ndarray, np.ndarray] | None = None) -> list[Family]:
-    """Nested, chain and tucker families of an S = 3 grid from one level-1 split."""
+                 first: tuple[np.ndarray, np.ndarray] | None = None, norm2: float | None = None) -> list[Family]:
+    """Nested, chain and tucker families of an S = 3 grid from one level-1 split (``norm2``: ``||W||^2``)."""
     P1, P2, P3 = st.factor_sizes
-    norm2 = float(np.sum(np.abs(W) ** 2))
+    norm2 = float(np.sum(np.abs(W) ** 2)) if norm2 is None else norm2
     r1max = max(1, int(max_params // (P1 + P2 + P3)))
     s2, C = first if first is not None else level1(st.rearrange(W), P1, r1max)
     k1 = s2.shape[0]
@@ -241,36 +282,75 @@ def _mttkrp(T: np.ndarray, facs: list[np.ndarray], k: int) -> np.ndarray:
     return X.reshape(R, T.shape[k]).T
 
 
+def leading_vectors(M: np.ndarray, R: int) -> np.ndarray:
+    """The top ``min(R, m, n)`` left singular vectors of ``M`` (m, n), from the smaller Gram matrix."""
+    m, n = M.shape
+    k = min(R, m, n)
+    if m <= n:
+        return np.linalg.eigh(M @ M.T)[1][:, ::-1][:, :k]
+    ev, V = np.linalg.eigh(M.T @ M)
+    ev, V = ev[::-1][:k], V[:, ::-1][:, :k]
+    U = M @ V
+    return U / np.maximum(np.linalg.norm(U, axis=0), np.finfo(float).tiny)
+
+
 def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6) -> list[np.ndarray]:
     """CP-ALS on T (numpy), SVD-initialised; returns factors (P_k, R), weights folded in.
 
     Stops after ``n_iter`` sweeps or when the relative error changes by less than ``tol``.
     """
     rng = np.random.default_rng(0)
-    unfold = [np.moveaxis(T, k, 0).reshape(T.shape[k], -1) for k in range(T.ndim)]
     facs = []
-    for M in unfold:
-        P = M.shape[0]
-        U = np.linalg.svd(M @ M.T)[0][:, :R] if P <= M.shape[1] else np.linalg.svd(M, full_matrices=False)[0][:, :R]
+    for k in range(T.ndim):
+        U = leading_vectors(np.moveaxis(T, k, 0).reshape(T.shape[k], -1), R)
+        P = U.shape[0]
         if U.shape[1] < R:
             U = np.concatenate([U, rng.standard_normal((P, R - U.shape[1])) / math.sqrt(P)], axis=1)
         facs.append(U)
     norm2, last = float(np.sum(T * T)), np.inf
+    L = int(np.argmax(T.shape))  # dimension tree: T x_L A_L serves every other mode's MTTKRP
+    rest = [k for k in range(T.ndim) if k != L]
+    TL = np.moveaxis(T, L, 0).reshape(T.shape[L], -1)
+    X = np.empty(0)
+    grams = [f.T @ f for f in facs]
     for _ in range(n_iter):
-        for k in range(T.ndim):
-            others = [f for j, f in enumerate(facs) if j != k]
+        for k in [L, *rest]:
             G = np.ones((R, R))
-            for f in others:
-                G *= f.T @ f
-            M = _mttkrp(T, facs, k)
+            for j, g in enumerate(grams):
+                if j != k:
+                    G *= g
+            M = _mttkrp(T, facs, L) if k == L else _batched_mttkrp(X, [facs[j] for j in rest], rest.index(k))
             G[np.diag_indices(R)] += 1e-12 * max(float(np.trace(G)), 1e-300)
-            facs[k] = np.linalg.solve(G, M.T).T
-        err2 = norm2 - 2 * float(np.sum(M * facs[-1])) + float(np.sum(G * (facs[-1].T @ facs[-1])))
+            facs[k] = _spd_solve(G, M.T).T
+            grams[k] = facs[k].T @ facs[k]
+            if k == L:
+                X = (facs[L].T @ TL).reshape((R, *(T.shape[j] for j in rest)))
+        err2 = norm2 - 2 * float(np.sum(M * facs[k])) + float(np.sum(G * grams[k]))
         err = math.sqrt(max(err2, 0.0) / norm2) if norm2 > 0 else 0.0
         if abs(last - err) < tol:
             break
         last = err
     return facs
+
+
+def _spd_solve(G: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``G^-1 B`` for a symmetric positive (semi)definite G: Cholesky, or LU when that fails."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    try:
+        return cho_solve(cho_factor(G, check_finite=False), B, check_finite=False)
+    except LinAlgError:
+        return np.linalg.solve(G, B)
+
+
+def _batched_mttkrp(X: np.ndarray, facs: list[np.ndarray], i: int) -> np.ndarray:
+    """``X`` (R, Q_0..Q_m) contracted with every factor (Q_j, R) but ``i`` on the rank index: (Q_i, R)."""
+    R = X.shape[0]
+    modes = list(range(len(facs)))
+    for j in sorted((j for j in modes if j != i), key=lambda j: -facs[j].shape[0]):
+        X = np.einsum("r...j,jr->r...", np.moveaxis(X, 1 + modes.index(j), -1), facs[j])
+        modes.remove(j)
+    return X.reshape(R, -1).T
 
 
 def _als_iters(size: int, R: int, order: int) -> int:
@@ -304,60 +384,33 @@ def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int]) -> Family:
     return _family(st, "als", params, err, got, opts)
 
 
-def _params(st: Structure, rank: dict[str, int]) -> int:
-    return sum(math.prod(rank[c] for c in lab) * P for lab, P in zip(st.labels, st.factor_sizes))
+def caps_family(W: np.ndarray, st: Structure, budgets: Sequence[float], tols: Sequence[float] | None = None,
+                spectra: bl.Spectra | None = None) -> Family:
+    """Rank caps for the TT / TR / Tucker patterns: a spectral rank profile per ``t``, scaled to each budget.
 
-
-def _scaled(base: dict[str, int], alpha: float) -> dict[str, int]:
-    return {c: max(1, math.floor(r * alpha)) for c, r in base.items()}
-
-
-def _reproducible(W: np.ndarray, st: Structure, caps: dict[str, int]) -> tuple[dict[str, Any], Any, float]:
-    """``decompose(W, st, rank=caps)`` and the keywords that reproduce it without a clipping warning."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        sk, e = decompose(W, st, rank=caps, return_error=True)
-    if not any("clipped" in str(w.message) for w in caught):
-        return {"rank": caps}, sk, e
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sk2, e2 = decompose(W, st, rank=sk.rank, return_error=True)
-    if sk2.n_params == sk.n_params and abs(e2 - e) <= 1e-12:
-        return {"rank": sk.rank}, sk, e
-    return {"rank": caps}, sk, e
-
-
-def caps_family(W: np.ndarray, st: Structure, budgets: Sequence[float], tols: Sequence[float] | None = None
-                ) -> Family:
-    """Rank caps for any SVD pattern and S: the ranks ``decompose(tol=t)`` picks, scaled to each budget.
-
-    For every ``t`` the ranks of ``decompose(W, st, tol=t)`` are multiplied by the largest
-    factor that fits each budget; ``decompose(W, st, rank=caps)`` then gives the exact
-    error from the discarded singular values.
+    The profiles come from the unfolding spectra (:mod:`sekron._search_baselines`, no
+    decomposition); each scaled profile is then decomposed once, ``decompose(W, st,
+    rank=caps)``, which gives the exact error from the discarded singular values.
     """
-    if tols is None:  # one budget (search): one rank profile; a ladder (compress): two, for a finer frontier
-        tols = (0.3,) if len(budgets) == 1 else (0.1, 0.4)
+    sp = spectra if spectra is not None else bl.Spectra(W)
+    if tols is None and len(budgets) == 1:  # one budget (search): the profile matched to it, and t = 0.3
+        bases = [bl.matched_profile(sp, st, budgets[0])]
+        bases += [p for p in bl.profiles(sp, st, (0.3,)) if p not in bases]
+    else:  # a ladder (compress): two profiles, for a finer frontier
+        bases = bl.profiles(sp, st, (0.1, 0.4) if tols is None else tols)
     params: list[int] = []
     err: list[float] = []
     opts: list[dict[str, Any]] = []
     ranks: list[list[int]] = []
     done: set[tuple[tuple[str, int], ...]] = set()
-    for t in tols:
-        base = decompose(W, st, tol=t).rank
+    for base in bases:
         for budget in budgets:
-            lo, hi = 0.0, 1.0
-            if _params(st, base) > budget:
-                for _ in range(30):
-                    mid = 0.5 * (lo + hi)
-                    lo, hi = (mid, hi) if _params(st, _scaled(base, mid)) <= budget else (lo, mid)
-            else:
-                lo = 1.0
-            caps = _scaled(base, lo)
+            caps = bl.fit_caps(st, base, budget)
             key = tuple(sorted(caps.items()))
             if key in done:
                 continue
             done.add(key)
-            options, sk, e = _reproducible(W, st, caps)
+            options, sk, e = bl.reproducible(W, st, caps)
             params.append(sk.n_params)
             err.append(e)
             opts.append(options)

@@ -11,10 +11,17 @@ Search space (for a weight of shape ``(d_1, .., d_N)``, e.g. a conv kernel ``(F,
 2. **S = 3 grids**: refinements of the :data:`TOP_GRIDS` best S = 2 grids, splitting their
    second factor in two (both parts non-trivial). They share the S = 2 level-1 split
    ``(P_1 | P_2 P_3)``, which nested, chain and tucker all start from, so one spectrum
-   serves every refinement. nested is scored on all refinements; chain and tucker on the
-   :data:`TOP_REFINE` best of them; cp (ALS) on the :data:`TOP_CP` best S = 3 grids.
+   serves every refinement. When a second factor has more than :data:`TOP_SPLITS` splits,
+   they are screened by an estimated nested error (see :func:`sekron._search_scoring.split_screen`) and the
+   :data:`TOP_SPLITS` best are scored as nested; chain and tucker on the :data:`TOP_REFINE`
+   best of those; cp (ALS) on the :data:`TOP_CP` best S = 3 grids.
 3. **Baselines, always present**: the axis-aligned TT (chain), TR (ring), CP and Tucker
-   structures (:meth:`sekron.Structure.tt` and friends), scored by their own algorithms.
+   structures (:meth:`sekron.Structure.tt` and friends), scored by their own algorithms:
+   TT / TR / Tucker ranks from the unfolding spectra matched to the budget, then one exact
+   ``decompose`` (:mod:`sekron._search_baselines`); CP by ALS.
+
+All scoring runs with BLAS limited to one thread (:func:`sekron._search_baselines.single_blas_thread`):
+its many small ``eigh`` calls are far slower threaded on a busy machine.
 
 Pruning: a structure whose smallest rank exceeds the parameter budget is dropped, and
 each (structure, pattern) contributes its least-error rank choice within the budget
@@ -32,6 +39,7 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
+from . import _search_baselines as bl
 from . import _search_scoring as sc
 from ._backend import infer_backend, using
 from ._validation import check_array, check_choice
@@ -46,6 +54,8 @@ CD_SWEEPS = 2
 CD_KEEP = 3
 #: S = 2 grids refined into S = 3 grids
 TOP_GRIDS = 2
+#: splits of an S = 2 grid's second factor scored as nested S = 3 grids (screened by the leading branch)
+TOP_SPLITS = 6
 #: S = 3 refinements (best by nested error) also scored as chain and tucker
 TOP_REFINE = 4
 #: S = 3 grids (best by error) also scored as cp by ALS
@@ -161,6 +171,7 @@ def _coordinate_descent(W: np.ndarray, budget: float, top: float, pattern: str) 
     """Coordinate descent over the per-mode splits, screened cheaply; the best visited grids rescored exactly."""
     shape = W.shape
     W32 = W.astype(np.float32)
+    total = float(np.sum(W * W))
     seen: dict[tuple[int, ...], float] = {}
 
     def score(first: tuple[int, ...]) -> float:
@@ -169,7 +180,7 @@ def _coordinate_descent(W: np.ndarray, budget: float, top: float, pattern: str) 
             st = Structure(grid, pattern)
             seen[first] = math.inf
             if all(math.prod(s) > 1 for s in grid) and sum(st.factor_sizes) <= budget:
-                seen[first] = sc.screen_error(W32, st, budget)
+                seen[first] = sc.screen_error(W32, st, budget, total)
         return seen[first]
 
     balanced = tuple(_middle_divisor(d) for d in shape)
@@ -196,24 +207,25 @@ def _refine(W: np.ndarray, fam: sc.Family, budget: float, top: float, patterns: 
     P1 = math.prod(a)
     s2, C = sc.level1(fam.structure.rearrange(W), P1, max(1, int(top // (P1 + 2))))
     k1 = s2.shape[0]
-    splits = [g for g in structures(b, 2, exclude_trivial=True)]
+    splits = [g for g in structures(b, 2, exclude_trivial=True) if P1 + sum(g.factor_sizes) <= budget]
+    norm2 = float(np.sum(W * W))
+    if len(splits) > TOP_SPLITS:
+        splits = sorted(splits, key=sc.split_screen(C, s2, b, P1, budget, norm2, len(splits)))[:TOP_SPLITS]
     nested_fams = []
     rows = {}
     for g in splits:
         b1, b2 = g.factor_shapes
         st3 = Structure([a, b1, b2], "nested")
-        if sum(st3.factor_sizes) > budget:
-            continue
         batched = Structure([(k1, *b1), (1, *b2)]).rearrange(C.reshape((k1, *b)))
         rows[st3] = batched.reshape(k1, math.prod(b1), math.prod(b2)).reshape(k1, -1)
-        nested_fams.append((st3, sc.three_factor(W, st3, top, ["nested"], (s2, rows[st3]))[0]))
+        nested_fams.append((st3, sc.three_factor(W, st3, top, ["nested"], (s2, rows[st3]), norm2)[0]))
     if not nested_fams:
         return []
     ranked = sorted(nested_fams, key=lambda sf: _best_err(sf[1], budget))
     out = [f for _, f in nested_fams] if "nested" in patterns else []
     others = [p for p in ("chain", "tucker") if p in patterns]
     for st3, _ in ranked[:TOP_REFINE] if others else []:
-        out += sc.three_factor(W, st3, top, others, (s2, rows[st3]))
+        out += sc.three_factor(W, st3, top, others, (s2, rows[st3]), norm2)
     return out
 
 
@@ -229,6 +241,7 @@ def _cp_rank(st: Structure, budget: float) -> int:
 def _baselines(W: np.ndarray, budget: float, budgets: Sequence[float], which: Sequence[str]) -> list[sc.Family]:
     """The axis-aligned formats; cp (ALS) only up to twice ``budget`` unless it is the only one asked for."""
     out = []
+    spectra = bl.Spectra(W)
     for name in which:
         st = getattr(Structure, name)(W.shape)
         if name == "cp":
@@ -236,7 +249,7 @@ def _baselines(W: np.ndarray, budget: float, budgets: Sequence[float], which: Se
             ranks = [_cp_rank(st, b) for b in als if _cp_rank(st, b) >= 1]
             fam = sc.cp_family(W, st, ranks) if ranks else None
         else:
-            fam = sc.caps_family(W, st, budgets)
+            fam = sc.caps_family(W, st, budgets, spectra=spectra)
         if fam is not None:
             fam.baseline = name
             out.append(fam)
@@ -252,6 +265,12 @@ def families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: S
     ``max(budget, *ladder, spectrum_top)`` parameters, and the ALS and rank-cap families are also
     evaluated at each budget of ``ladder`` (used by :func:`sekron.torch.compress`).
     """
+    with bl.single_blas_thread():
+        return _families(W, budget, n_factors, patterns, baselines, ladder, spectrum_top)
+
+
+def _families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: Sequence[str],
+              baselines: Sequence[str], ladder: Sequence[float], spectrum_top: float | None) -> list[sc.Family]:
     budgets = sorted({float(budget), *(float(b) for b in ladder)})
     top_budget = max(budgets[-1], spectrum_top or 0.0)
     fams: list[sc.Family] = []

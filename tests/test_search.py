@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,108 @@ def test_bad_weight() -> None:
     W[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         search(W, ratio=2)
+
+
+# --- speed-oriented internals: they must not weaken the guarantees ------------------------------
+def test_baseline_caps_within_budget_filled_and_exact() -> None:
+    from sekron import _search_baselines as bl
+    from sekron.structure import Structure
+
+    W = _kernel((24, 16, 3, 3), decay=0.9)
+    sp = bl.Spectra(W)
+    budget = W.size / 6
+    for name in ("tt", "tr", "tucker"):
+        st = getattr(Structure, name)(W.shape)
+        base = bl.matched_profile(sp, st, budget)
+        caps = bl.fit_caps(st, base, budget)
+        assert bl.params_of(st, caps) <= budget
+        # filled: no bond below its profile can grow by one within the budget
+        assert all(caps[c] >= base[c] or bl.params_of(st, {**caps, c: caps[c] + 1}) > budget for c in caps)
+        options, sk, e = bl.reproducible(W, st, caps)
+        err, n_params = _measured(W, Candidate(st, sk.rank, sk.n_params, e, None, W.size, name, options))
+        assert n_params == sk.n_params <= budget
+        assert err == pytest.approx(e, rel=1e-7, abs=1e-9)
+
+
+def test_matched_profile_tracks_the_budget() -> None:
+    from sekron import _search_baselines as bl
+    from sekron.structure import Structure
+
+    W = _kernel((24, 16, 3, 3), decay=0.9)
+    sp = bl.Spectra(W)
+    st = Structure.tt(W.shape)
+    small, large = (bl.params_of(st, bl.fit_caps(st, bl.matched_profile(sp, st, b), b))
+                    for b in (W.size / 20, W.size / 3))
+    assert small <= W.size / 20 < large <= W.size / 3
+    assert bl.matched_profile(sp, st, 10.0 * W.size) == bl.profile(sp, st, 0.0)  # everything fits: full ranks
+
+
+def test_sketched_screen_is_an_upper_bound() -> None:
+    from sekron import _search_scoring as sc
+    from sekron.structure import Structure
+
+    W = _kernel((64, 64, 3, 3), decay=0.95)
+    st = Structure([(8, 8, 3, 1), (8, 8, 1, 3)])
+    P1, P2 = st.factor_sizes
+    budget = 10 * (P1 + P2)  # rank 10: the sketch path (min(P1, P2) > 2 * (10 + 8))
+    total = float(np.sum(W * W))
+    approx = sc.screen_error(W.astype(np.float32), st, budget, total)
+    s2 = np.linalg.svd(st.rearrange(W).reshape(P1, P2), compute_uv=False) ** 2
+    exact = np.sqrt((total - s2[:10].sum()) / total)
+    assert exact - 1e-6 <= approx <= exact + 0.1  # Ritz values never exceed the true ones
+
+
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40)])
+def test_leading_vectors_span_the_top_subspace(shape: tuple[int, int]) -> None:
+    from sekron import _search_scoring as sc
+
+    M = RNG.standard_normal(shape)
+    U = sc.leading_vectors(M, 5)
+    assert U.shape == (shape[0], 5)
+    np.testing.assert_allclose(U.T @ U, np.eye(5), atol=1e-10)
+    U_ref = np.linalg.svd(M, full_matrices=False)[0][:, :5]
+    np.testing.assert_allclose(np.abs(U.T @ U_ref), np.eye(5), atol=1e-8)
+
+
+def test_pruned_refinements_still_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the split screen forced (TOP_SPLITS = 2), every candidate still reproduces its error."""
+    search_mod = importlib.import_module("sekron.search")  # the module (sekron.search is also the function)
+    monkeypatch.setattr(search_mod, "TOP_SPLITS", 2)
+    W = _kernel((32, 48, 3, 3), decay=0.9)
+    cands = search(W, ratio=6)
+    nested3 = [c for c in cands if c.structure.n_factors == 3 and c.pattern == "nested"]
+    assert 1 <= len(nested3) <= 2 * search_mod.TOP_GRIDS
+    assert {c.baseline for c in cands if c.baseline} == set(BASELINES)
+    assert all(c.params <= W.size / 6 for c in cands)
+    for cand in cands:
+        err, n_params = _measured(W, cand)
+        assert n_params == cand.params
+        assert err == pytest.approx(cand.error, rel=1e-7, abs=1e-9), (cand.structure, cand.pattern, cand.rank)
+
+
+def test_ladder_families_for_compress() -> None:
+    from sekron.search import families
+
+    W = _kernel((16, 12, 3, 3))
+    ladder = [W.size / r for r in (2, 4, 8)]
+    fams = families(W, W.size / 4, (2, 3), ("nested", "chain", "cp", "tucker"), ladder=ladder)
+    caps = [f for f in fams if f.kind == "caps"]
+    assert {f.baseline for f in caps} == {"tt", "tr", "tucker"}
+    for f in caps:
+        assert len(f.params) >= 3
+        for i in range(len(f.params)):
+            err, n_params = _measured(W, Candidate(f.structure, f.rank(i), int(f.params[i]), float(f.err[i]), None,
+                                                   W.size, f.baseline, f.options(i)))
+            assert n_params == f.params[i] and err == pytest.approx(f.err[i], rel=1e-7, abs=1e-9)
+
+
+def test_split_screen_keeps_the_best_refinement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The screen's top splits contain the best nested S = 3 refinement found by scoring all of them."""
+    search_mod = importlib.import_module("sekron.search")
+    W = RNG.standard_normal((32, 48, 3, 3))
+
+    def best_nested3(top_splits: int) -> float:
+        monkeypatch.setattr(search_mod, "TOP_SPLITS", top_splits)
+        return min(c.error for c in search(W, ratio=4, patterns=("nested",)) if c.structure.n_factors == 3)
+
+    assert best_nested3(4) == pytest.approx(best_nested3(10_000), rel=1e-9)
