@@ -15,7 +15,13 @@ Search space (for a weight of shape ``(d_1, .., d_N)``, e.g. a conv kernel ``(F,
    they are screened by an estimated nested error (see :func:`sekron._search_scoring.split_screen`) and the
    :data:`TOP_SPLITS` best are scored as nested; chain and tucker on the :data:`TOP_REFINE`
    best of those; cp (ALS) on the :data:`TOP_CP` best S = 3 grids.
-3. **Baselines, always present**: the axis-aligned TT (chain), TR (ring), CP and Tucker
+3. **Merged spatial modes** (conv kernels with D >= 2): grids whose factors own whole modes
+   with all spatial modes in one factor, i.e. the classical formats of the kernel seen as
+   ``(F, C, kh*kw)``: CP (ALS) and Tucker of ``(F)(C)(kh kw)``; and every S = 2 split of
+   the modes into two groups (``(F | C kh kw)``, ``(F kh | C kw)``, ...) from spectra. On real
+   conv kernels CP of ``(F)(C)(kh kw)`` is often the best Kronecker structure (docs/results.md). On
+   real conv kernels these are often the best Kronecker structures (docs/results.md).
+4. **Baselines, always present**: the axis-aligned TT (chain), TR (ring), CP and Tucker
    structures (:meth:`sekron.Structure.tt` and friends), scored by their own algorithms:
    TT / TR / Tucker ranks from the unfolding spectra matched to the budget, then one exact
    ``decompose`` (:mod:`sekron._search_baselines`); CP by ALS.
@@ -293,7 +299,44 @@ def _families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: 
                     ranks = [_cp_rank(st, b) for b in budgets if _cp_rank(st, b) >= 1 and b <= 2 * budget]
                     if ranks:
                         fams.append(sc.cp_family(W, st, ranks))
+    fams += _grouped(W, budget, budgets, top_budget, n_factors, patterns, s2_pattern)
     fams += _baselines(W, budget, budgets, baselines)
+    return fams
+
+
+def _spatial_grouped(shape: tuple[int, ...], n_factors: int) -> list[tuple[tuple[int, ...], ...]]:
+    """Whole-mode grids of a conv kernel ``(F, C, K_1..K_D)``, D >= 2, that keep its spatial modes in one factor."""
+    if len(shape) < 4:
+        return []
+    spatial = [n for n in range(2, len(shape)) if shape[n] > 1]
+    return [g for g in bl.grouped_grids(shape, n_factors)
+            if any(all(s[n] == shape[n] for n in spatial) for s in g)]
+
+
+def _grouped(W: np.ndarray, budget: float, budgets: Sequence[float], top_budget: float, n_factors: Sequence[int],
+             patterns: Sequence[str], s2_pattern: str | None) -> list[sc.Family]:
+    """Whole-mode grids: every S = 2 split of the modes into two groups, e.g. ``(F | C kh kw)`` or
+    ``(F kh | C kw)``, from spectra; CP and Tucker of the kernel seen as ``(F, C, kh*kw)``."""
+    fams: list[sc.Family] = []
+    if 2 in n_factors and s2_pattern is not None:
+        for grid in bl.grouped_grids(W.shape, 2) if W.ndim >= 3 else []:
+            if sum(math.prod(s) for s in grid) <= budget:
+                fams.append(sc.two_factor(W, Structure(grid), top_budget, s2_pattern))
+    if 3 not in n_factors:
+        return fams
+    for grid in _spatial_grouped(W.shape, 3):
+        if sum(math.prod(s) for s in grid) > budget:
+            continue
+        if "tucker" in patterns:
+            T = Structure(grid).rearrange(W)
+            fam = sc.caps_family(T, Structure.tucker(T.shape), budgets)
+            fam.structure = Structure((*grid, (1,) * W.ndim), "tucker")  # same T, same algorithm, same labels
+            fams.append(fam)
+        if "cp" in patterns:
+            st = Structure(grid, "cp")
+            ranks = [_cp_rank(st, b) for b in budgets if _cp_rank(st, b) >= 1 and b <= 2 * budget]
+            if ranks:
+                fams.append(sc.cp_family(W, st, ranks))
     return fams
 
 

@@ -199,7 +199,7 @@ def test_ladder_families_for_compress() -> None:
     ladder = [W.size / r for r in (2, 4, 8)]
     fams = families(W, W.size / 4, (2, 3), ("nested", "chain", "cp", "tucker"), ladder=ladder)
     caps = [f for f in fams if f.kind == "caps"]
-    assert {f.baseline for f in caps} == {"tt", "tr", "tucker"}
+    assert {f.baseline for f in caps} - {None} == {"tt", "tr", "tucker"}  # None: whole-mode Tucker grids
     for f in caps:
         assert len(f.params) >= 3
         for i in range(len(f.params)):
@@ -218,3 +218,26 @@ def test_split_screen_keeps_the_best_refinement(monkeypatch: pytest.MonkeyPatch)
         return min(c.error for c in search(W, ratio=4, patterns=("nested",)) if c.structure.n_factors == 3)
 
     assert best_nested3(4) == pytest.approx(best_nested3(10_000), rel=1e-9)
+
+
+def test_whole_mode_grids_are_searched_and_exact() -> None:
+    """CP and Tucker of the kernel seen as (F, C, kh*kw) are candidates, with reproducible errors."""
+    from sekron._search_baselines import grouped_grids, set_partitions
+    from sekron.structure import Structure
+
+    assert len(set_partitions(range(4), 2)) == 7 and len(set_partitions(range(4), 3)) == 6
+    assert ((6, 1, 1, 1), (1, 5, 1, 1), (1, 1, 3, 3)) in grouped_grids((6, 5, 3, 3), 3)
+    assert all(not Structure(g).is_axis_aligned for g in grouped_grids((6, 5, 3, 3), 3))
+    W = np.random.default_rng(3).standard_normal((12, 10, 3, 3))
+    cands = search(W, ratio=4)
+    grouped = [c for c in cands if c.baseline is None
+               and all(all(a in (1, d) for a, d in zip(s, W.shape)) for s in c.structure.factor_shapes)
+               and not c.structure.is_axis_aligned]
+    patterns = {c.structure.pattern for c in grouped}
+    assert {"cp", "tucker"} <= patterns
+    assert any(c.structure.factor_shapes[:3] == ((12, 1, 1, 1), (1, 10, 1, 1), (1, 1, 3, 3)) for c in grouped)
+    for c in grouped:
+        assert c.params <= W.size / 4
+        sk = c.decompose(W)
+        true = np.linalg.norm(W - np.asarray(sk.to_tensor())) / np.linalg.norm(W)
+        assert abs(true - c.error) < 1e-8 and sk.n_params == c.params
