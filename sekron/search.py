@@ -48,6 +48,8 @@ import tensorly as tl
 from . import _search_baselines as bl
 from . import _search_scoring as sc
 from ._backend import infer_backend, using
+from ._search_grouped import cp_rank as _cp_rank
+from ._search_grouped import whole_mode_families as _grouped
 from ._validation import check_array, check_choice
 from .decomposition import decompose
 from .sekron_tensor import SeKronTensor
@@ -240,10 +242,6 @@ def _best_err(fam: sc.Family, budget: float) -> float:
     return math.inf if idx is None else float(fam.err[idx])
 
 
-def _cp_rank(st: Structure, budget: float) -> int:
-    return int(budget // sum(st.factor_sizes))
-
-
 def _baselines(W: np.ndarray, budget: float, budgets: Sequence[float], which: Sequence[str]) -> list[sc.Family]:
     """The axis-aligned formats; cp (ALS) only up to twice ``budget`` unless it is the only one asked for."""
     out = []
@@ -301,42 +299,6 @@ def _families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: 
                         fams.append(sc.cp_family(W, st, ranks))
     fams += _grouped(W, budget, budgets, top_budget, n_factors, patterns, s2_pattern)
     fams += _baselines(W, budget, budgets, baselines)
-    return fams
-
-
-def _spatial_grouped(shape: tuple[int, ...], n_factors: int) -> list[tuple[tuple[int, ...], ...]]:
-    """Whole-mode grids of a conv kernel ``(F, C, K_1..K_D)``, D >= 2, that keep its spatial modes in one factor."""
-    if len(shape) < 4:
-        return []
-    spatial = [n for n in range(2, len(shape)) if shape[n] > 1]
-    return [g for g in bl.grouped_grids(shape, n_factors)
-            if any(all(s[n] == shape[n] for n in spatial) for s in g)]
-
-
-def _grouped(W: np.ndarray, budget: float, budgets: Sequence[float], top_budget: float, n_factors: Sequence[int],
-             patterns: Sequence[str], s2_pattern: str | None) -> list[sc.Family]:
-    """Whole-mode grids: every S = 2 split of the modes into two groups, e.g. ``(F | C kh kw)`` or
-    ``(F kh | C kw)``, from spectra; CP and Tucker of the kernel seen as ``(F, C, kh*kw)``."""
-    fams: list[sc.Family] = []
-    if 2 in n_factors and s2_pattern is not None:
-        for grid in bl.grouped_grids(W.shape, 2) if W.ndim >= 3 else []:
-            if sum(math.prod(s) for s in grid) <= budget:
-                fams.append(sc.two_factor(W, Structure(grid), top_budget, s2_pattern))
-    if 3 not in n_factors:
-        return fams
-    for grid in _spatial_grouped(W.shape, 3):
-        if sum(math.prod(s) for s in grid) > budget:
-            continue
-        if "tucker" in patterns:
-            T = Structure(grid).rearrange(W)
-            fam = sc.caps_family(T, Structure.tucker(T.shape), budgets)
-            fam.structure = Structure((*grid, (1,) * W.ndim), "tucker")  # same T, same algorithm, same labels
-            fams.append(fam)
-        if "cp" in patterns:
-            st = Structure(grid, "cp")
-            ranks = [_cp_rank(st, b) for b in budgets if _cp_rank(st, b) >= 1 and b <= 2 * budget]
-            if ranks:
-                fams.append(sc.cp_family(W, st, ranks))
     return fams
 
 
