@@ -11,6 +11,7 @@ one dense convolution when that is cheaper. The factor axes follow the conventio
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -199,8 +200,44 @@ def _kernel(ops: Any, sk: SeKronTensor, steps: tuple[cp.Step, ...]) -> Any:
     return st.unrearrange(operands[0][1])
 
 
+#: formed kernels kept for inference: (factor ids, steps) -> (weak refs, versions, kernel)
+_KERNELS: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[int, ...], Any]] = {}
+_KERNELS_MAX = 8
+
+
+def _cacheable(ops: Any, factors: tuple[Any, ...]) -> bool:
+    """Only torch tensors (in-place changes bump their version) outside autograd."""
+    if ops.name != "pytorch":
+        return False
+    import torch
+
+    return not (torch.is_grad_enabled() and any(f.requires_grad for f in factors))
+
+
+def _dense_kernel(ops: Any, sk: SeKronTensor, steps: tuple[cp.Step, ...]) -> Any:
+    """The formed kernel, reused across inference calls while no factor changed.
+
+    In inference (torch, no autograd) the kernel of the same factor tensors is kept, keyed
+    by their identity and checked against their version counters, so that repeated calls
+    with ``implementation="dense"`` (or ``"auto"`` choosing it) cost one dense convolution.
+    """
+    factors = sk.factors
+    if not _cacheable(ops, factors):
+        return _kernel(ops, sk, steps)
+    key = (tuple(id(f) for f in factors), steps, sk.structure)
+    versions = tuple(int(f._version) for f in factors)
+    hit = _KERNELS.get(key)
+    if hit is not None and hit[1] == versions and all(r() is f for r, f in zip(hit[0], factors)):
+        return hit[2]
+    W = _kernel(ops, sk, steps)
+    if len(_KERNELS) >= _KERNELS_MAX:
+        _KERNELS.pop(next(iter(_KERNELS)))
+    _KERNELS[key] = (tuple(weakref.ref(f) for f in factors), versions, W)
+    return W
+
+
 def _run_dense(ops: Any, x: Any, sk: SeKronTensor, plan: cp.Plan, geom: cp.Geometry) -> Any:
-    W = _kernel(ops, sk, plan.recon_steps)
+    W = _dense_kernel(ops, sk, plan.recon_steps)
     return ops.conv(_pre(ops, x, plan, geom), W, geom.stride, geom.dilation, plan.padding, 1)
 
 
@@ -294,7 +331,8 @@ def conv_cost(sk: SeKronTensor, input_shape: Sequence[int], stride: int | Sequen
     """Modelled cost of :func:`conv`: the paper's order, the planner's best order and dense.
 
     A stage costs out-positions x batch x groups x in-channels x out-channels x prod h_k
-    MACs (MATH.md section 6); dense costs the reconstruction of the kernel plus
+    MACs (MATH.md section 6); dense costs the reconstruction of the kernel (saved when an
+    inference call reuses a kernel formed earlier, see ``_dense_kernel``) plus
     out-positions x B x F x C x prod K. The planner ranks plans by MACs plus
     ``MEMORY_WEIGHT`` MACs per element written (stage outputs, permuted copies,
     padding); ``auto`` keeps the factorized plan when it is ``AUTO_MARGIN`` times cheaper.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import itertools
 import json
@@ -253,6 +254,7 @@ def test_conv_cost_macs_equal_flop_counter(shapes: Any, pattern: str, rank: Any,
     runs = [("factorized", "paper", cost.paper), ("factorized", None, cost.best), ("dense", None, cost.dense),
             ("auto", None, cost.best if cost.auto == "factorized" else cost.dense)]
     for impl, order, plan in runs:
+        importlib.import_module("sekron.conv")._KERNELS.clear()  # the counted plan forms the kernel
         with FlopCounterMode(display=False) as counter:
             conv(x, sk, implementation=impl, order=order, **kwargs)
         assert counter.get_total_flops() // 2 == plan.macs, (impl, order)
@@ -331,3 +333,26 @@ def test_many_factors_use_the_greedy_order() -> None:
     ref = reference(x, sk.to_tensor(), 1, 1, 1, "zeros")
     record(conv(x, sk, padding=1, implementation="factorized"), ref, "float64")
     assert sorted(conv_cost(sk, x.shape, padding=1).best.order or ()) == list(range(7))
+
+
+def test_dense_kernel_cache_in_inference_only() -> None:
+    """Inference reuses the formed kernel until a factor changes in place; autograd never does."""
+    conv_module = importlib.import_module("sekron.conv")  # the module (sekron.conv is the function)
+    structure = sekron.Structure([(2, 3, 3, 1), (2, 2, 1, 3)])
+    sk = sekron.random_sekron(structure, 2, random_state=0, dtype=torch.float64)
+    x = torch.randn(1, 6, 5, 5, dtype=torch.float64)
+    conv_module._KERNELS.clear()
+    with torch.no_grad():
+        y1 = conv(x, sk, padding=1, implementation="dense")
+        assert len(conv_module._KERNELS) == 1
+        y2 = conv(x, sk, padding=1, implementation="dense")
+        torch.testing.assert_close(y1, y2)
+        sk.factors[0].mul_(2.0)  # an in-place update (as an optimizer step) bumps the version
+        y3 = conv(x, sk, padding=1, implementation="dense")
+    ref = torch.nn.functional.conv2d(x, sk.to_tensor(), padding=1)
+    torch.testing.assert_close(y3, ref)
+    factors = [f.clone().requires_grad_(True) for f in sk.factors]
+    conv_module._KERNELS.clear()
+    y = conv(x, sekron.SeKronTensor(factors, structure), padding=1, implementation="dense")
+    y.sum().backward()
+    assert not conv_module._KERNELS and factors[0].grad is not None
