@@ -23,3 +23,12 @@ def test_page_examples_run(page: str) -> None:
     if "import torch" in code:
         pytest.importorskip("torch")
     exec(compile(code, str(DOCS / page), "exec"), {"__name__": "docs_example"})
+
+
+def test_readme_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    text = (DOCS.parent / "README.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
+    monkeypatch.chdir(tmp_path)  # the example saves w.npz
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    assert (tmp_path / "w.npz").exists()
