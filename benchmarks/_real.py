@@ -178,23 +178,9 @@ def tensorly_baseline(W: np.ndarray, method: str, rank: dict[str, int]) -> Fit:
 
 
 # --- SeKron with a searched structure ------------------------------------------------
-def _factorizations(d: int, parts: int) -> list[tuple[int, ...]]:
-    if parts == 1:
-        return [(d,)]
-    return [(a, *rest) for a in range(1, d + 1) if d % a == 0 for rest in _factorizations(d // a, parts - 1)]
-
-
 def grids(shape: tuple[int, ...], S: int) -> list[tuple[tuple[int, ...], ...]]:
     """Every factor-shape grid with S factors, none of them trivial (all sizes 1)."""
-    import itertools
-
-    per_mode = [_factorizations(d, S) for d in shape]
-    out = []
-    for combo in itertools.product(*per_mode):
-        grid = tuple(tuple(combo[n][k] for n in range(len(shape))) for k in range(S))
-        if all(math.prod(s) > 1 for s in grid):
-            out.append(grid)
-    return out
+    return [st.factor_shapes for st in sekron.structures(shape, S, exclude_trivial=True)]
 
 
 def _fallback_search(W: np.ndarray, budget: int, n3: int = 24) -> Fit:
