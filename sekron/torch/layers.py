@@ -257,21 +257,48 @@ class _SeKronConvNd(_SeKronBase):
 
 
 class SeKronConv1d(_SeKronConvNd):
-    """``torch.nn.Conv1d`` with a SeKron weight (see :meth:`from_conv`)."""
+    """``torch.nn.Conv1d`` with a SeKron weight (see :meth:`from_conv`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> dense = torch.nn.Conv1d(8, 8, 3, padding=1)
+    >>> layer = SeKronConv1d.from_conv(dense, [(4, 2, 3), (2, 4, 1)])
+    >>> tuple(layer(torch.randn(1, 8, 10)).shape)
+    (1, 8, 10)
+    """
 
     _D = 1
     _dense_cls = nn.Conv1d
 
 
 class SeKronConv2d(_SeKronConvNd):
-    """``torch.nn.Conv2d`` with a SeKron weight (see :meth:`from_conv`)."""
+    """``torch.nn.Conv2d`` with a SeKron weight (see :meth:`from_conv`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> dense = torch.nn.Conv2d(8, 8, 3, padding=1)
+    >>> layer = SeKronConv2d.from_conv(dense, [(4, 2, 3, 1), (2, 4, 1, 3)])
+    >>> tuple(layer(torch.randn(1, 8, 6, 6)).shape)
+    (1, 8, 6, 6)
+    """
 
     _D = 2
     _dense_cls = nn.Conv2d
 
 
 class SeKronConv3d(_SeKronConvNd):
-    """``torch.nn.Conv3d`` with a SeKron weight (see :meth:`from_conv`)."""
+    """``torch.nn.Conv3d`` with a SeKron weight (see :meth:`from_conv`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> dense = torch.nn.Conv3d(8, 8, 3, padding=1)
+    >>> layer = SeKronConv3d.from_conv(dense, [(4, 2, 3, 1, 1), (2, 4, 1, 3, 3)])
+    >>> tuple(layer(torch.randn(1, 8, 4, 4, 4)).shape)
+    (1, 8, 4, 4, 4)
+    """
 
     _D = 3
     _dense_cls = nn.Conv3d
