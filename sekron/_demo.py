@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 
 from ._progress import progress
+from ._search_baselines import params_of
 from .decomposition import decompose
 from .structure import Structure
 
 
 def param_count(st: Structure, rank: int) -> int:
     """Parameters of ``st`` when every bond has size ``rank`` (before clipping)."""
-    return sum(rank ** len(lab) * p for lab, p in zip(st.labels, st.factor_sizes))
+    return params_of(st, dict.fromkeys(st.bond_labels, rank))
 
 
 def rank_for_budget(st: Structure, max_params: int) -> int | None:
