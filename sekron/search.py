@@ -269,7 +269,7 @@ def families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: S
     ``max(budget, *ladder, spectrum_top)`` parameters, and the ALS and rank-cap families are also
     evaluated at each budget of ``ladder`` (used by :func:`sekron.torch.compress`).
     """
-    with bl.single_blas_thread():
+    with bl.single_blas_thread(), using("numpy"):  # numpy throughout, whatever tensorly's global backend
         return _families(W, budget, n_factors, patterns, baselines, ladder, spectrum_top)
 
 

@@ -77,3 +77,25 @@ def test_to_tensor_like(backend) -> None:
     with using(backend.name):
         out = to_tensor_like(np.arange(3.0), like)
     assert type(out) is type(like) and str(out.dtype).endswith("float32")
+
+
+def test_numpy_calls_ignore_a_global_pytorch_backend() -> None:
+    """A user (or tensorly-torch, on import) may set tensorly's global backend: numpy calls still work."""
+    pytest.importorskip("torch")
+    import sekron
+
+    W = np.random.default_rng(0).standard_normal((16, 8, 3, 3))
+    previous = tl.get_backend()
+    tl.set_backend("pytorch")
+    try:
+        for pattern in ("nested", "chain", "ring", "cp"):
+            sk = sekron.decompose(W, Structure([(4, 2, 3, 1), (4, 4, 1, 3)], pattern), rank=3)
+            assert isinstance(sk.factors[0], np.ndarray)
+        best = sekron.search(W, ratio=4)[0]
+        assert isinstance(best.decompose(W).factors[0], np.ndarray)
+        y = sekron.conv(np.ones((1, 8, 5, 5)), sk, padding=1)
+        assert isinstance(y, np.ndarray)
+        assert isinstance(sekron.to_tt(sk).factors[0], np.ndarray)
+        assert tl.get_backend() == "pytorch"  # and sekron left it as it was
+    finally:
+        tl.set_backend(previous)
