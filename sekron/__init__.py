@@ -1,7 +1,7 @@
 """sekron: SeKron tensor decomposition, a tensor as a sequence of Kronecker products."""
 
 from .conv import IMPLEMENTATIONS as CONV_IMPLEMENTATIONS
-from .conv import ConvCost, PlanCost, conv, conv_cost
+from .conv import ConvCost, PlanCost, clear_conv_cache, conv, conv_cost
 from .conversions import (
     convert,
     cp_to_tt,
@@ -36,6 +36,7 @@ __all__ = [
     "SeKronTensor",
     "Structure",
     "__version__",
+    "clear_conv_cache",
     "conv",
     "conv_cost",
     "convert",

@@ -61,6 +61,10 @@ def infer_backend(*arrays: Any) -> str:
             continue
         name = backend_name(item)
         if name is None:
+            known = getattr(item, "_backend", None)  # a SeKronTensor knows its factors' backend
+            if isinstance(known, str):
+                found.add(known)
+                continue
             # containers: SeKronTensor, tensorly's CP/TT/TR/Tucker tensors
             for attr in ("factors", "core", "weights"):
                 part = getattr(item, attr, None)

@@ -31,6 +31,10 @@ class _NumpyOps:
     def reshape(x: Any, shape: tuple[int, ...]) -> Any:
         return np.reshape(x, shape)
 
+    @staticmethod
+    def contiguous(x: Any) -> Any:
+        return x
+
     def pad(self, x: Any, pads: Pads, mode: str) -> Any:
         return np.pad(x, [(0, 0), (0, 0), *pads], mode=self._modes[mode])
 
@@ -71,6 +75,10 @@ class _TorchOps:
     def reshape(x: Any, shape: tuple[int, ...]) -> Any:
         return x.reshape(shape)
 
+    @staticmethod
+    def contiguous(x: Any) -> Any:
+        return x.contiguous()
+
     def pad(self, x: Any, pads: Pads, mode: str) -> Any:
         from torch.nn import functional as F  # noqa: N812
 
@@ -105,6 +113,10 @@ class _JaxOps:
         import jax.numpy as jnp
 
         return jnp.reshape(x, shape)
+
+    @staticmethod
+    def contiguous(x: Any) -> Any:
+        return x
 
     def pad(self, x: Any, pads: Pads, mode: str) -> Any:
         import jax.numpy as jnp

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,12 +124,43 @@ def _check_modes(pads: tuple[tuple[int, int], ...], spatial: tuple[int, ...], mo
                              f"size {L} and padding {(lo, hi)}")
 
 
+#: _resolve's answers for argument sets already checked (a conv layer calls with the same ones every time)
+_RESOLVED: dict[tuple[Any, ...], tuple[cp.KernelSpec, cp.Geometry]] = {}
+_RESOLVED_MAX = 1024
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _resolve(x: Any, sk: Any, stride: Any, padding: Any, dilation: Any, padding_mode: str,
              input_shape: Sequence[int] | None = None) -> tuple[cp.KernelSpec, cp.Geometry]:
-    """Check the arguments and turn them into the planner's hashable description."""
+    """Check the arguments and turn them into the planner's hashable description.
+
+    Arguments that passed once are remembered, so repeated calls (a layer's forward) skip
+    the checks; anything that failed raised before it could be remembered.
+    """
     if not isinstance(sk, SeKronTensor):
         raise TypeError(f"the kernel must be a sekron.SeKronTensor, got {type(sk).__name__}")
     shape = tuple(int(s) for s in (x.shape if input_shape is None else input_shape))
+    try:
+        key = (shape, sk.structure, tuple(tuple(f.shape) for f in sk.factors), _hashable(stride),
+               _hashable(padding), _hashable(dilation), padding_mode)
+        hit = _RESOLVED.get(key)
+    except TypeError:  # unhashable arguments: check them every time
+        key, hit = None, None
+    if hit is not None:
+        return hit
+    out = _check_and_describe(shape, sk, stride, padding, dilation, padding_mode)
+    if key is not None:
+        if len(_RESOLVED) >= _RESOLVED_MAX:
+            _RESOLVED.clear()
+        _RESOLVED[key] = out
+    return out
+
+
+def _check_and_describe(shape: tuple[int, ...], sk: SeKronTensor, stride: Any, padding: Any, dilation: Any,
+                        padding_mode: str) -> tuple[cp.KernelSpec, cp.Geometry]:
     if not 3 <= len(shape) <= 5:
         raise ValueError(f"the input must have shape (B, C, *spatial) with 1 to 3 spatial axes, got shape {shape}")
     D = len(shape) - 2
@@ -173,13 +205,19 @@ def _pre(ops: Any, x: Any, plan: cp.Plan, geom: cp.Geometry) -> Any:
     return x if plan.pre_pad is None else ops.pad(x, plan.pre_pad, geom.padding_mode)
 
 
+def _stage_weight(ops: Any, factor: Any, perm: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+    """A factor laid out as a stage's conv weight; in inference the permuted copy is reused."""
+    return _memo(ops, (factor,), ("stage", perm, shape),
+                 lambda: ops.contiguous(ops.reshape(ops.transpose(factor, perm), shape)))
+
+
 def _run_factorized(ops: Any, x: Any, sk: SeKronTensor, plan: cp.Plan, geom: cp.Geometry) -> Any:
     y = ops.reshape(_pre(ops, x, plan, geom), plan.in_shape)
     D = len(geom.spatial)
     for st in plan.stages:
         if st.perm is not None:
             y = ops.transpose(y, st.perm + tuple(range(len(st.perm), len(st.perm) + D)))
-        w = ops.reshape(ops.transpose(sk.factors[st.factor], st.weight_perm), st.weight_shape)
+        w = _stage_weight(ops, sk.factors[st.factor], st.weight_perm, st.weight_shape)
         y = ops.conv(ops.reshape(y, st.conv_in_shape), w, st.stride, st.dilation, st.padding, st.groups)
         y = ops.reshape(y, st.out_shape)
     if plan.final_perm is not None:
@@ -200,9 +238,10 @@ def _kernel(ops: Any, sk: SeKronTensor, steps: tuple[cp.Step, ...]) -> Any:
     return st.unrearrange(operands[0][1])
 
 
-#: formed kernels kept for inference: (factor ids, steps) -> (weak refs, versions, kernel)
-_KERNELS: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[int, ...], Any]] = {}
-_KERNELS_MAX = 8
+#: tensors derived from factors, kept for inference: (factor ids, tag) -> (weak refs, versions, value)
+_KERNELS: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[int, ...], Any]] = OrderedDict()
+#: entries kept (least recently used dropped first); a model's every layer fits
+_KERNELS_MAX = 256
 
 
 def _cacheable(ops: Any, factors: tuple[Any, ...]) -> bool:
@@ -214,26 +253,47 @@ def _cacheable(ops: Any, factors: tuple[Any, ...]) -> bool:
     return not (torch.is_grad_enabled() and any(f.requires_grad for f in factors))
 
 
-def _dense_kernel(ops: Any, sk: SeKronTensor, steps: tuple[cp.Step, ...]) -> Any:
-    """The formed kernel, reused across inference calls while no factor changed.
+def _memo(ops: Any, factors: tuple[Any, ...], tag: Any, build: Callable[[], Any]) -> Any:
+    """``build()``, reused across inference calls while none of ``factors`` changed.
 
-    In inference (torch, no autograd) the kernel of the same factor tensors is kept, keyed
-    by their identity and checked against their version counters, so that repeated calls
-    with ``implementation="dense"`` (or ``"auto"`` choosing it) cost one dense convolution.
+    In inference (torch, no autograd) a value derived from the same factor tensors is
+    kept, keyed by their identity and checked against their version counters (an
+    in-place update, such as an optimizer step, invalidates it). With autograd, or on
+    other backends, ``build()`` runs every time.
     """
-    factors = sk.factors
     if not _cacheable(ops, factors):
-        return _kernel(ops, sk, steps)
-    key = (tuple(id(f) for f in factors), steps, sk.structure)
+        return build()
+    key = (tuple(id(f) for f in factors), tag)
     versions = tuple(int(f._version) for f in factors)
     hit = _KERNELS.get(key)
     if hit is not None and hit[1] == versions and all(r() is f for r, f in zip(hit[0], factors)):
+        _KERNELS.move_to_end(key)
         return hit[2]
-    W = _kernel(ops, sk, steps)
-    if len(_KERNELS) >= _KERNELS_MAX:
-        _KERNELS.pop(next(iter(_KERNELS)))
-    _KERNELS[key] = (tuple(weakref.ref(f) for f in factors), versions, W)
-    return W
+    value = build()
+    def drop(_: Any, key: tuple[Any, ...] = key) -> None:  # a factor was freed: free its entry too
+        _KERNELS.pop(key, None)
+
+    _KERNELS[key] = (tuple(weakref.ref(f, drop) for f in factors), versions, value)
+    _KERNELS.move_to_end(key)
+    while len(_KERNELS) > _KERNELS_MAX:
+        _KERNELS.popitem(last=False)
+    return value
+
+
+def clear_conv_cache() -> None:
+    """Drop the formed kernels and stage weights that :func:`conv` keeps for inference.
+
+    In torch inference (no autograd), :func:`conv` keeps what it derives from the
+    factors (a permuted factor per stage, or the whole kernel of a dense plan) for reuse
+    until a factor changes in place, at most ``_KERNELS_MAX`` entries, least recently
+    used dropped first. Call this to free that memory at once.
+    """
+    _KERNELS.clear()
+
+
+def _dense_kernel(ops: Any, sk: SeKronTensor, steps: tuple[cp.Step, ...]) -> Any:
+    """The formed kernel; repeated inference calls with unchanged factors form it once."""
+    return _memo(ops, sk.factors, ("kernel", steps, sk.structure), lambda: _kernel(ops, sk, steps))
 
 
 def _run_dense(ops: Any, x: Any, sk: SeKronTensor, plan: cp.Plan, geom: cp.Geometry) -> Any:
@@ -293,6 +353,13 @@ def conv(x: Any, sk: SeKronTensor, stride: int | Sequence[int] = 1, padding: int
     Returns
     -------
     array of shape (B, F, *out_spatial)
+
+    Notes
+    -----
+    In torch inference (autograd off, or factors that need no gradient) the permuted
+    factors of the stages and a dense plan's formed kernel are kept and reused while the
+    factors are unchanged (their version counters are checked, so an in-place update is
+    seen); :func:`clear_conv_cache` frees them.
 
     Examples
     --------

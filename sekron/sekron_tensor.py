@@ -92,14 +92,16 @@ class SeKronTensor:
     True
     """
 
-    __slots__ = ("_factors", "_structure")
+    __slots__ = ("_backend", "_factors", "_structure")
     _factors: tuple[Any, ...]
     _structure: Structure
+    _backend: str  # the factors' tensorly backend, found once (read by _backend.infer_backend)
 
     def __init__(self, factors: Sequence[Any], structure: Structure | Sequence[Sequence[int]]) -> None:
         st = _as_structure(structure)
         object.__setattr__(self, "_structure", st)
         object.__setattr__(self, "_factors", _validate_factors(factors, st))
+        object.__setattr__(self, "_backend", infer_backend(*self._factors))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("SeKronTensor is immutable; build a new one instead")

@@ -356,3 +356,44 @@ def test_dense_kernel_cache_in_inference_only() -> None:
     y = conv(x, sekron.SeKronTensor(factors, structure), padding=1, implementation="dense")
     y.sum().backward()
     assert not conv_module._KERNELS and factors[0].grad is not None
+
+
+def test_stage_weights_cached_in_inference_only() -> None:
+    """Factorized inference reuses the permuted stage weights until a factor changes; autograd never caches."""
+    conv_module = importlib.import_module("sekron.conv")
+    structure = sekron.Structure([(1, 6, 1, 1), (4, 1, 3, 3)])  # stage weights need a real transpose
+    sk = sekron.random_sekron(structure, 3, random_state=0, dtype=torch.float64)
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64)
+    sekron.clear_conv_cache()
+    with torch.no_grad():
+        y1 = conv(x, sk, padding=1, implementation="factorized")
+        n = len(conv_module._KERNELS)
+        assert n >= 1
+        y2 = conv(x, sk, padding=1, implementation="factorized")
+        assert len(conv_module._KERNELS) == n
+        torch.testing.assert_close(y1, y2)
+        sk.factors[1].mul_(-3.0)
+        y3 = conv(x, sk, padding=1, implementation="factorized")
+    torch.testing.assert_close(y3, torch.nn.functional.conv2d(x, sk.to_tensor(), padding=1))
+    sekron.clear_conv_cache()
+    assert not conv_module._KERNELS
+    factors = [f.clone().requires_grad_(True) for f in sk.factors]
+    conv(x, sekron.SeKronTensor(factors, structure), padding=1, implementation="factorized").sum().backward()
+    assert not conv_module._KERNELS and factors[1].grad is not None
+
+
+def test_inference_cache_is_bounded() -> None:
+    conv_module = importlib.import_module("sekron.conv")
+    sekron.clear_conv_cache()
+    structure = sekron.Structure([(2, 2, 3, 1), (2, 2, 1, 3)])
+    x = torch.randn(1, 4, 5, 5)
+    kept = []
+    with torch.no_grad():
+        for seed in range(conv_module._KERNELS_MAX + 5):
+            sk = sekron.random_sekron(structure, 2, random_state=seed, dtype=torch.float32)
+            conv(x, sk, padding=1, implementation="dense")
+            kept.append(sk)
+    assert len(conv_module._KERNELS) == conv_module._KERNELS_MAX
+    kept.clear()  # freed factors free their entries
+    del sk
+    assert not conv_module._KERNELS
