@@ -50,16 +50,30 @@ PAPER_PEAK_LIMIT = 1.5e8  # elements; larger paper-order intermediates are not r
 PAPER_SCORE_LIMIT = 40.0  # nor paper orders modelled > 40x slower than dense (time)
 
 
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _where(threads: int) -> str:
+    return torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"CPU, {threads} thread(s)"
+
+
 def timeit(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
     """Min wall time in ms of each function, timed round-robin so contention hits all alike."""
     best = {k: math.inf for k in fns}
     with torch.no_grad():
         for f in fns.values():
             f()
+        _sync()
         for _ in range(rounds):
             for k, f in fns.items():
                 t = time.perf_counter()
                 f()
+                _sync()
                 best[k] = min(best[k], (time.perf_counter() - t) * 1e3)
     return best
 
@@ -136,23 +150,34 @@ def _form_kernel(sk: SeKronTensor, steps: Any) -> Any:
 def tltorch_variants(C: int, ratio: float, x: Any) -> dict[str, Callable[[], Any]]:
     if importlib.util.find_spec("tltorch") is None:
         return {}
-    import tltorch
+    import tensorly as tl
 
-    base = torch.nn.Conv2d(C, C, 3, padding=1, bias=False)
+    previous = tl.get_backend()
+    import tltorch  # its import sets tensorly's global backend to pytorch: put it back afterwards
+
+    tl.set_backend(previous)
+
+    base = torch.nn.Conv2d(C, C, 3, padding=1, bias=False, device=DEVICE)
     out = {}
     for fact in ("cp", "tucker"):
-        layer = tltorch.FactorizedConv.from_conv(base, rank=1 / ratio, factorization=fact,
-                                                 implementation="factorized", decompose_weights=False)
-        out[f"tltorch_{fact}"] = lambda layer=layer: layer(x)
+        with using("pytorch"):  # tltorch needs tensorly's pytorch backend; this thread only
+            layer = tltorch.FactorizedConv.from_conv(base, rank=1 / ratio, factorization=fact,
+                                                     implementation="factorized", decompose_weights=False).to(DEVICE)
+        out[f"tltorch_{fact}"] = lambda layer=layer: _tltorch_forward(layer, x)
     return out
+
+
+def _tltorch_forward(layer: Any, x: Any) -> Any:
+    with using("pytorch"):
+        return layer(x)
 
 
 def run_row(C: int, L: int, batch: int, ratio: float, label: str, st: Structure, r: int, cost: Any,
             rounds: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
-    sk = SeKronTensor([torch.randn(r, *s, generator=gen) / math.sqrt(r * math.prod(s[1:]))
+    sk = SeKronTensor([(torch.randn(r, *s, generator=gen) / math.sqrt(r * math.prod(s[1:]))).to(DEVICE)
                        for s in st.factor_shapes], st)
-    x = torch.randn(batch, C, L, L, generator=gen)
+    x = torch.randn(batch, C, L, L, generator=gen).to(DEVICE)
     W = sk.to_tensor().contiguous()
     spec, geom = _resolve(x, sk, 1, 1, 1, "zeros")
     plan = cp.best_plan(spec, geom)
@@ -252,7 +277,7 @@ def plot(rows: Sequence[dict[str, Any]], cands: list[tuple[Structure, int, Any]]
             a2.scatter(*zip(*pts), marker=marker, label=key)
     a2.axhline(1.0, color="k", lw=0.8, label="dense")
     a2.set(xscale="log", yscale="log", xlabel="compression", ylabel="time / dense time",
-           title=f"{layer}: measured (CPU, {threads} thread(s), batch {batch})")
+           title=f"{layer}: measured ({_where(threads)}, batch {batch})")
     a2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -266,7 +291,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layers", default=None, help="comma list of C@L, e.g. 256@14 (default: all four)")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu; the targets are CPU's)")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     layers, ratios, batch, rounds = LAYERS, RATIOS, 16, args.rounds
     if args.quick:
@@ -296,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         json.dump(rows, fh, indent=1, default=str)
     cmd = "python benchmarks/bench_conv.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with open(os.path.join(args.out, "bench_conv.md"), "w") as fh:
-        fh.write(f"# Convolution benchmark\n\n`{cmd}` (torch {torch.__version__}, CPU, {args.threads} threads, "
+        fh.write(f"# Convolution benchmark\n\n`{cmd}` (torch {torch.__version__}, {_where(args.threads)}, "
                  f"batch {batch}, "
                  "min over interleaved rounds). Times and MACs are ratios to dense `F.conv2d`; the MAC ratio is in "
                  "parentheses. `plan` is the planned order / what auto ran.\n\n"
