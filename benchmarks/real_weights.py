@@ -14,6 +14,16 @@ fit). Run::
     python benchmarks/real_weights.py            # 10 + 10 layers: about 35 min on 2 shared cores
     python benchmarks/real_weights.py --all      # all 31 + 349 3x3 layers (many hours on 2 cores)
     python benchmarks/real_weights.py --quick    # 3 layers per network, 8x only
+
+    # every layer, split over 15 processes (one BLAS thread each), then merged:
+    for k in $(seq 0 14); do OMP_NUM_THREADS=1 python benchmarks/real_weights.py --all \
+        --shard $k/15 --tag shard$k --out /tmp/rw & done; wait
+    python benchmarks/real_weights.py --from-csv /tmp/rw/real_weights_shard*.csv
+
+With ``--shard K/N`` a process takes every N-th layer (from K) of each network, in a fixed
+random order (seed 0), so whatever part of a shard finished is a random sample of the
+layers. The CSV is rewritten after every layer, so an interrupted run keeps its finished
+layers.
 """
 
 from __future__ import annotations
@@ -42,13 +52,31 @@ TIE = 0.01
 DEFAULT_LAYERS = {"ddddocr": 10, "realesrgan": 10}
 
 
-def conv3x3(network: str, max_layers: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """The network's 3x3 conv kernels (float64), or ``max_layers`` of them evenly spread."""
+def conv3x3(network: str, max_layers: int | None = None, shard: tuple[int, int] | None = None
+            ) -> list[tuple[str, np.ndarray]]:
+    """The network's 3x3 conv kernels (float64), or ``max_layers`` of them evenly spread.
+
+    ``shard=(k, n)`` keeps every n-th of them from k, in a fixed random order (seed 0).
+    """
     convs = [(n, w.astype(np.float64)) for n, w in conv_weights(network) if tuple(w.shape[2:]) == (3, 3)]
     convs = [c for c in convs if min(c[1].shape[:2]) > 3]  # skip the RGB in/out convs
     if max_layers and max_layers < len(convs):
         convs = [convs[i] for i in np.unique(np.linspace(0, len(convs) - 1, max_layers).round().astype(int))]
+    if shard is not None:
+        k, n = shard
+        order = np.random.default_rng(0).permutation(len(convs))
+        convs = [convs[i] for i in order[k::n]]
     return convs
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be K/N with integers, e.g. 0/4; got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 0 <= K < N; got {text!r}")
+    return k, n
 
 
 def run_layer(network: str, name: str, W: np.ndarray, ratios: Sequence[int]) -> list[dict[str, Any]]:
@@ -176,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     p.add_argument("--from-csv", type=Path, nargs="+", help="rebuild the tables and plot from earlier CSV output")
     p.add_argument("--tag", default="", help="output names real_weights_TAG.* (to run networks in parallel)")
+    p.add_argument("--shard", type=_shard, default=None, help="K/N: this process's share of the layers")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the layers already in this run's CSV (same --out and --tag) and do the rest")
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.quick:
@@ -188,15 +219,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"structure search: {'sekron.search' if search_available() else 'fallback (benchmarks/_real.py)'}")
     rows: list[dict[str, Any]] = []
+    previous = args.out / (f"real_weights_{args.tag}.csv" if args.tag else "real_weights.csv")
+    if args.resume and previous.is_file():
+        rows = read_csv([previous])[0]
+        print(f"resuming: {len({(r['network'], r['layer']) for r in rows})} layers already in {previous}")
     timings = {}
     for net in args.networks:
         t0 = time.perf_counter()
-        convs = conv3x3(net, limits[net])
+        done = {r["layer"] for r in rows if r["network"] == net}
+        earlier = sum(r["seconds"] for r in rows if r["network"] == net)
+        convs = conv3x3(net, limits[net], args.shard)
         for i, (name, W) in enumerate(convs):
+            if name in done:
+                continue
             rows += run_layer(net, name, W, args.ratios)
             print(f"  {net} {i + 1}/{len(convs)} {name} {W.shape} done at {time.perf_counter() - t0:.0f}s",
                   flush=True)
-        timings[net] = (len(convs), time.perf_counter() - t0)
+            write_csv(rows, args)
+        timings[net] = (len(convs), time.perf_counter() - t0 + earlier)
     write_outputs(rows, timings, args)
     return 0
 
@@ -215,12 +255,17 @@ def read_csv(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, tup
     return rows, timings
 
 
-def write_outputs(rows: list[dict[str, Any]], timings: dict[str, tuple[int, float]], args: Any) -> None:
+def write_csv(rows: list[dict[str, Any]], args: Any) -> None:
     stem = "real_weights" + (f"_{args.tag}" if args.tag else "")
     with open(args.out / f"{stem}.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_outputs(rows: list[dict[str, Any]], timings: dict[str, tuple[int, float]], args: Any) -> None:
+    stem = "real_weights" + (f"_{args.tag}" if args.tag else "")
+    write_csv(rows, args)
     plot(rows, args.out / f"{stem}.png")
     cmd = "python benchmarks/real_weights.py " + " ".join(args.argv)
     parts = [f"<!-- generated by `{cmd.strip()}`; do not edit -->",

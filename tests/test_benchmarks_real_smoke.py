@@ -100,3 +100,16 @@ def test_fashion_mnist_missing_data(tmp_path, capsys):
     fm = _bench("fashion_mnist")
     assert fm.main(["--data", str(tmp_path), "--quick", "--out", str(tmp_path)]) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_real_weights_shards_partition_the_layers():
+    """--shard K/N: the N shards take every layer exactly once."""
+    _needs("onnx", "ddddocr")
+    rw = _bench("real_weights")
+    names = [n for n, _ in rw.conv3x3("ddddocr")]
+    shards = [[n for n, _ in rw.conv3x3("ddddocr", None, (k, 4))] for k in range(4)]
+    assert sorted(n for s in shards for n in s) == sorted(names)
+    assert rw._shard("1/4") == (1, 4)
+    for bad in ("4/4", "x/2", "1"):
+        with pytest.raises(Exception, match="--shard"):
+            rw._shard(bad)
