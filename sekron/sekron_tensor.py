@@ -106,6 +106,10 @@ class SeKronTensor:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("SeKronTensor is immutable; build a new one instead")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle, ``copy.copy`` and ``copy.deepcopy`` rebuild it from its factors and structure."""
+        return (SeKronTensor, (self._factors, self._structure))
+
     @property
     def factors(self) -> tuple[Any, ...]:
         """The factors, as a tuple (see the module docstring for their axes)."""

@@ -236,3 +236,14 @@ def test_kron_errors() -> None:
         kron(np.ones((2, 2)), np.ones(3))
     with pytest.raises(TypeError, match=r"tensors\[1\] must be an array"):
         kron(np.ones((2, 2)), [[1.0]])
+
+
+def test_pickle_and_deepcopy_rebuild_it() -> None:
+    import copy
+    import pickle
+
+    sk = random_sekron(Structure([(2, 3), (3, 2)], "chain"), 2, random_state=0)
+    for twin in (pickle.loads(pickle.dumps(sk)), copy.deepcopy(sk), copy.copy(sk)):
+        assert twin.structure == sk.structure and twin.rank == sk.rank
+        assert all(np.array_equal(a, b) for a, b in zip(twin.factors, sk.factors))
+    assert copy.deepcopy(sk).factors[0] is not sk.factors[0]
