@@ -130,7 +130,10 @@ _RESOLVED_MAX = 1024
 
 
 def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    """A cache key that tells 1, 1.0 and True apart (the checks accept only the first)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, *(_hashable(v) for v in value))
+    return (type(value).__name__, value)
 
 
 def _resolve(x: Any, sk: Any, stride: Any, padding: Any, dilation: Any, padding_mode: str,
@@ -145,7 +148,7 @@ def _resolve(x: Any, sk: Any, stride: Any, padding: Any, dilation: Any, padding_
     shape = tuple(int(s) for s in (x.shape if input_shape is None else input_shape))
     try:
         key = (shape, sk.structure, tuple(tuple(f.shape) for f in sk.factors), _hashable(stride),
-               _hashable(padding), _hashable(dilation), padding_mode)
+               _hashable(padding), _hashable(dilation), _hashable(padding_mode))
         hit = _RESOLVED.get(key)
     except TypeError:  # unhashable arguments: check them every time
         key, hit = None, None
@@ -270,6 +273,7 @@ def _memo(ops: Any, factors: tuple[Any, ...], tag: Any, build: Callable[[], Any]
         _KERNELS.move_to_end(key)
         return hit[2]
     value = build()
+
     def drop(_: Any, key: tuple[Any, ...] = key) -> None:  # a factor was freed: free its entry too
         _KERNELS.pop(key, None)
 

@@ -397,3 +397,14 @@ def test_inference_cache_is_bounded() -> None:
     kept.clear()  # freed factors free their entries
     del sk
     assert not conv_module._KERNELS
+
+
+def test_remembered_arguments_still_reject_look_alikes() -> None:
+    """Checked arguments are remembered per call site; 1.0 and True are not mistaken for 1."""
+    x, sk = torch.zeros(1, 3, 5, 5, dtype=torch.float64), _sk()
+    conv(x, sk, stride=1, dilation=1, padding=1)
+    conv(x, sk, stride=(1, 1), dilation=[1, 1], padding=[1, 1])  # lists are fine, and remembered
+    conv(x, sk, stride=(1, 1), dilation=[1, 1], padding=[1, 1])
+    for kwargs in ({"stride": True}, {"stride": 1.0}, {"dilation": (1.0, 1)}, {"padding": True}):
+        with pytest.raises(TypeError):
+            conv(x, sk, **{"padding": 1, **kwargs})
