@@ -13,7 +13,7 @@ https://github.com/zalandoresearch/fashion-mnist in ``--data``. Outputs under ``
 ``fashion_mnist.md`` (table in the form of the GKPD paper's ResNet32 table) and
 ``fashion_mnist.png``. Run::
 
-    python benchmarks/fashion_mnist.py            # ResNet-8, 20k images, 4 + 1 epochs: about an hour on 2 cores
+    python benchmarks/fashion_mnist.py            # ResNet-8, 20k images, 4 + 1 epochs: about 10 minutes on 2 cores
     python benchmarks/fashion_mnist.py --quick    # toy run: 2k images, 1 epoch, 5x only
     python benchmarks/fashion_mnist.py --device cuda --train-size 0 --name fashion_mnist_gpu   # on a GPU
 
