@@ -36,13 +36,14 @@ def _as_structure(structure: Any) -> Structure:
     raise TypeError(f"structure must be a sekron.Structure or a list of factor shapes, got {type(structure).__name__}")
 
 
-def _validate_factors(factors: Any, st: Structure) -> tuple[Any, ...]:
+def _validate_factors(factors: Any, st: Structure) -> tuple[tuple[Any, ...], str]:
+    """The factors as a tuple, and their one tensorly backend; raise on any mismatch."""
     if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
         raise TypeError(f"factors must be a sequence of arrays, one per factor, got {type(factors).__name__}")
     factors = tuple(factors)
     if len(factors) != st.n_factors:
         raise ValueError(f"structure has {st.n_factors} factors but {len(factors)} arrays were given")
-    infer_backend(*factors)
+    backend = infer_backend(*factors)
     sizes: dict[str, tuple[int, int]] = {}
     for k, (f, labels, fshape) in enumerate(zip(factors, st.labels, st.factor_shapes)):
         check_array(f, f"factors[{k}]")
@@ -65,7 +66,7 @@ def _validate_factors(factors: Any, st: Structure) -> tuple[Any, ...]:
     dtypes = {str(f.dtype) for f in factors}
     if len(dtypes) > 1:
         raise TypeError(f"all factors must share one dtype, got {sorted(dtypes)}; cast them first")
-    return factors
+    return factors, backend
 
 
 class SeKronTensor:
@@ -100,8 +101,9 @@ class SeKronTensor:
     def __init__(self, factors: Sequence[Any], structure: Structure | Sequence[Sequence[int]]) -> None:
         st = _as_structure(structure)
         object.__setattr__(self, "_structure", st)
-        object.__setattr__(self, "_factors", _validate_factors(factors, st))
-        object.__setattr__(self, "_backend", infer_backend(*self._factors))
+        checked, backend = _validate_factors(factors, st)
+        object.__setattr__(self, "_factors", checked)
+        object.__setattr__(self, "_backend", backend)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("SeKronTensor is immutable; build a new one instead")
