@@ -291,6 +291,14 @@ def clear_conv_cache() -> None:
     factors (a permuted factor per stage, or the whole kernel of a dense plan) for reuse
     until a factor changes in place, at most ``_KERNELS_MAX`` entries, least recently
     used dropped first. Call this to free that memory at once.
+
+    Examples
+    --------
+    >>> import torch, sekron
+    >>> sk = sekron.random_sekron([(2, 2, 3, 1), (2, 2, 1, 3)], 2, dtype=torch.float32)
+    >>> with torch.no_grad():
+    ...     y = sekron.conv(torch.ones(1, 4, 5, 5), sk, padding=1, implementation="dense")
+    >>> sekron.clear_conv_cache()
     """
     _KERNELS.clear()
 
