@@ -1,6 +1,7 @@
 """PyTorch integration: SeKron layers and whole-model compression (the only package importing torch)."""
 
 from .compress import CompressionReport, compress
+from .distill import distill
 from .layers import (
     LAYERS,
     SeKronConv1d,
@@ -18,5 +19,6 @@ __all__ = [
     "SeKronConv3d",
     "SeKronLinear",
     "compress",
+    "distill",
     "load_compressed",
 ]

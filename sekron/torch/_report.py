@@ -9,12 +9,17 @@ COLUMNS = (
     ("params_before", "params"), ("params_after", "-> params"), ("macs_before", "MACs"), ("macs_after", "-> MACs"),
     ("error", "rel. error"), ("status", "status"),
 )
+#: shown only when some row has them (compress with calibration)
+CALIBRATION_COLUMNS = (
+    ("sensitivity", "sensitivity"), ("output_error_weight_fit", "out. error (weight fit)"),
+    ("output_error", "-> out. error (fitted)"),
+)
 
 
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key == "error":
+    if key in ("error", "sensitivity", "output_error_weight_fit", "output_error"):
         return f"{value:.4f}"
     if key in ("params_before", "params_after", "macs_before", "macs_after"):
         return f"{value:,}"
@@ -41,18 +46,23 @@ class CompressionReport(list):  # type: ignore[type-arg]
         self.totals = totals
 
     def __str__(self) -> str:
-        cells = [[head for _, head in COLUMNS]]
-        cells += [[_cell(k, row.get(k)) for k, _ in COLUMNS] for row in self]
+        extra = [c for c in CALIBRATION_COLUMNS if any(row.get(c[0]) is not None for row in self)]
+        columns = COLUMNS + tuple(extra)
+        cells = [[head for _, head in columns]]
+        cells += [[_cell(k, row.get(k)) for k, _ in columns] for row in self]
         t = self.totals
         cells.append(["total (model)", "", "", "", "", f"{t['params_before']:,}", f"{t['params_after']:,}",
                       _cell("macs_before", t.get("macs_before")), _cell("macs_after", t.get("macs_after")),
-                      f"{t['sq_error']:.4f}", f"{t['ratio']:.2f}x"])
-        widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+                      f"{t['sq_error']:.4f}", f"{t['ratio']:.2f}x"] + [""] * len(extra))
+        widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         lines.append(f"sum of squared relative errors: {t['sq_error']:.4f} (allocation {t['allocation']!r}); "
                      f"uniform per-layer ratio would give {t['uniform_sq_error']:.4f}")
+        if t.get("calibration_seconds") is not None:
+            lines.append(f"calibration: {t['calibration_inputs']} inputs, objective {t.get('objective')!r}, "
+                         f"{t['calibration_seconds']:.1f} s")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -8,6 +8,12 @@ the squared relative errors ``||W - W_hat||^2 / ||W||^2`` (a greedy walk down ea
 layer's lower convex hull of error against parameters, then a fill pass), which can
 never do worse than the same machinery at a uniform per-layer ratio; the report gives
 both totals.
+
+With ``calibration`` inputs (no labels), two more steps use the network's activations
+(:mod:`sekron.torch.calibrate`, :mod:`sekron.torch._sensitivity`): the allocation can
+measure each layer's damage to the network output ("sensitivity"), and every compressed
+layer, in execution order, is refitted to the dense layer's outputs on the inputs that
+the already-compressed prefix produces ("output").
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +33,9 @@ from torch import nn
 from ..search import BASELINES, Candidate, candidate_macs, families
 from ._allocate import Frontier, allocate, uniform
 from ._report import CompressionReport
+from ._sensitivity import sensitivity_frontiers
+from .calibrate import SOLVERS, calibration_batches, execution_order, fit_layer, stream_grams
+from .calibrate import refit_dense as refit_dense_layer
 from .layers import LAYERS, _as_pointwise
 
 #: method -> (n_factors, patterns, baselines) of the search machinery
@@ -36,7 +46,8 @@ METHODS: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] = {
     "cp": ((), (), ("cp",)),
     "tucker": ((), (), ("tucker",)),
 }
-ALLOCATIONS = ("error", "uniform")
+ALLOCATIONS = ("error", "uniform", "sensitivity")
+OBJECTIVES = ("weight", "output")
 #: budgets (times the uniform per-layer budget) at which each layer is scored
 LADDER = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: budgets on the same span for the single-format methods (tt, tr, cp, tucker)
@@ -165,10 +176,31 @@ def _row(layer: _Layer, cand: Candidate | None, status: str) -> dict[str, Any]:
     }
 
 
+def _resolve(calibration: Any, objective: str | None, allocation: str | None) -> tuple[str, str]:
+    has = calibration is not None
+    objective = ("output" if has else "weight") if objective is None else objective
+    allocation = ("sensitivity" if has else "error") if allocation is None else allocation
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {list(ALLOCATIONS)}, got {allocation!r}")
+    if not has and objective == "output":
+        raise ValueError("objective='output' fits each layer to the dense layer's outputs and needs inputs: pass "
+                         "calibration=<tensor of inputs or iterable of batches>, or use objective='weight'")
+    if not has and allocation == "sensitivity":
+        raise ValueError("allocation='sensitivity' measures each layer's effect on the network output and needs "
+                         "inputs: pass calibration=<tensor of inputs or iterable of batches>, or use "
+                         "allocation='error'")
+    return objective, allocation
+
+
 def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include: Sequence[str] | None = None,
              exclude: Sequence[str] | None = None, skip_first: bool = True, min_kernel_size: int = 1024,
-             input_shape: Sequence[int] | None = None, allocation: str = "error", implementation: str = "auto",
-             inplace: bool = False, progress: bool = True) -> tuple[nn.Module, CompressionReport]:
+             input_shape: Sequence[int] | None = None, allocation: str | None = None,
+             calibration: Any = None, objective: str | None = None, max_samples: int = 32768,
+             solver: str = "als", fit_steps: int = 30, refit_dense: bool = True, batch_size: int = 64, seed: int = 0,
+             implementation: str = "auto", inplace: bool = False, progress: bool = True
+             ) -> tuple[nn.Module, CompressionReport]:
     """Replace conv and linear layers by SeKron layers so that the model has ``ratio`` times fewer parameters.
 
     Parameters
@@ -190,9 +222,37 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     input_shape : sequence of int, optional
         Model input shape; one forward pass on zeros records each layer's input, so the
         report gives MACs before and after (from :func:`sekron.conv.conv_cost`).
-    allocation : {"error", "uniform"}
-        "error": least sum of squared relative errors for the budget (module docstring);
-        "uniform": the same per-layer ratio everywhere.
+    allocation : {"error", "uniform", "sensitivity"}, optional
+        "error": least sum of squared relative weight errors for the budget (module
+        docstring); "uniform": the same per-layer ratio everywhere; "sensitivity": least
+        sum of measured network-output damages, each layer compressed alone at a ladder
+        of ratios (needs ``calibration``). Default: "sensitivity" with calibration, else "error".
+    calibration : tensor or iterable of batches, optional
+        Unlabeled model inputs: a tensor ``(N, ...)`` (split into ``batch_size`` batches),
+        or an iterable of batches, each a tensor or a tuple/list whose first item is the
+        input (a ``DataLoader`` of ``(x, y)``; labels are ignored). Never modified.
+    objective : {"weight", "output"}, optional
+        "weight": each layer is the decomposition of its weight; "output": then each
+        compressed layer, in execution order, is refitted (factors and bias) to least
+        ``||Y - layer(X)||`` where X is its input in the already-compressed model and Y
+        the dense layer's output in the dense model (:mod:`sekron.torch.calibrate`).
+        Default: "output" with calibration, else "weight".
+    max_samples : int
+        At most this many patch positions per layer enter its Gram matrices (a random
+        subset with ``seed`` when the calibration set has more).
+    solver : {"als", "adam"}
+        Output fit: exact least squares per factor in turn (conjugate gradients), or Adam.
+    fit_steps : int
+        ALS sweeps (Adam: ten times as many steps).
+    refit_dense : bool
+        With objective "output", also refit (closed-form least squares, same parameters)
+        the conv/linear layers that stay dense because of the allocation, ``skip_first`` or
+        ``min_kernel_size`` and run after a compressed layer, so they absorb the error of
+        the compressed prefix. Layers left out by ``include``/``exclude`` are never touched.
+    batch_size : int
+        Batch size when ``calibration`` is one tensor.
+    seed : int
+        Seed of the position subsampling.
     implementation : {"auto", "factorized", "dense"}
         Forward plan of the new layers.
     progress : bool
@@ -201,6 +261,9 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     Returns
     -------
     (model, CompressionReport)
+        With calibration the report's rows also hold ``sensitivity`` (relative change of
+        the network output with only that layer compressed), ``output_error_weight_fit``
+        and ``output_error`` (relative output error of the layer before / after the fit).
 
     Examples
     --------
@@ -210,14 +273,24 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     >>> small, report = compress(net, ratio=3, progress=False)
     >>> type(small[2]).__name__, report.totals["ratio"] >= 3
     ('SeKronConv2d', True)
+    >>> x = torch.randn(32, 3, 12, 12)  # unlabeled inputs
+    >>> small, report = compress(net, ratio=3, calibration=x, progress=False)
+    >>> report[1]["output_error"] <= report[1]["output_error_weight_fit"]
+    True
     """
     ratio = _check_ratio(ratio)
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {list(ALLOCATIONS)}, got {allocation!r}")
+    objective, allocation = _resolve(calibration, objective, allocation)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+        raise ValueError(f"max_samples must be a positive int (patch positions per layer), got {max_samples!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
+    batches = None
+    if calibration is not None:
+        batches = calibration_batches(calibration, next(model.parameters()), int(batch_size))
     model = model if inplace else copy.deepcopy(model)
     layers = _select(model, include, exclude, skip_first, int(min_kernel_size))
     if input_shape is not None:
@@ -240,29 +313,74 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     for layer in tqdm(chosen, desc=f"sekron compress ({method})", disable=not progress, leave=False):
         W = _weight64(layer.module)
         frontiers.append(_frontier(W, W.size * room / dense, method))
-    picks = (allocate if allocation == "error" else uniform)(frontiers, room)
+
+    def build(layer: _Layer, cand: Candidate) -> nn.Module:
+        kind = LAYERS[type(layer.module)]
+        make = kind.from_linear if kind.__name__ == "SeKronLinear" else kind.from_conv  # type: ignore[attr-defined]
+        return make(layer.module, cand, implementation=implementation)  # type: ignore[no-any-return]
+
+    was_training = model.training
+    t0 = time.perf_counter()
+    alloc_frontiers = frontiers
+    if allocation == "sensitivity":
+        assert batches is not None
+        by_name = {layer.name: layer for layer in chosen}
+        alloc_frontiers = sensitivity_frontiers(
+            model, [layer.name for layer in chosen], frontiers, lambda n, c: build(by_name[n], c), batches,
+            progress=lambda it: tqdm(it, desc="sekron sensitivity", disable=not progress, leave=False))
+    picks = (uniform if allocation == "uniform" else allocate)(alloc_frontiers, room)
     uniform_err = float(sum(f.err2[i] for f, i in zip(frontiers, uniform(frontiers, room))))
-    rows, err = [], 0.0
+    reference = copy.deepcopy(model).eval() if objective == "output" else None
+    rows, err, built = [], 0.0, []
     for layer in layers:
         if layer.skip is not None:
             rows.append(_row(layer, None, f"skipped: {layer.skip}"))
             continue
-        f = frontiers[chosen.index(layer)]
+        f = alloc_frontiers[chosen.index(layer)]
         i = picks[chosen.index(layer)]
         cand = f.candidate(i)
-        err += float(f.err2[i])
         if cand is None:
             rows.append(_row(layer, None, "kept dense (allocation)"))
             continue
-        kind = LAYERS[type(layer.module)]
-        build = kind.from_linear if kind.__name__ == "SeKronLinear" else kind.from_conv  # type: ignore[attr-defined]
-        model.set_submodule(layer.name, build(layer.module, cand, implementation=implementation))
+        err += cand.error ** 2
+        new = build(layer, cand)
+        model.set_submodule(layer.name, new)
         rows.append(_row(layer, cand, "compressed"))
+        if allocation == "sensitivity":
+            rows[-1]["sensitivity"] = math.sqrt(max(float(f.err2[i]), 0.0))
+        built.append((layer, new, rows[-1]))
+    if reference is not None:
+        assert batches is not None
+        model.eval()
+        gen = torch.Generator().manual_seed(int(seed))
+        if refit_dense:
+            refit = ("kept dense (allocation)", "skipped: first layer (skip_first)", "skipped: weight smaller than")
+            built += [(layer, layer.module, row) for layer, row in zip(layers, rows)
+                      if row["status"].startswith(refit)]
+        dense_mods = [reference.get_submodule(layer.name) for layer, _, _ in built]
+        order = execution_order(reference, dense_mods, batches[0])
+        started = False
+        for j in tqdm(order, desc="sekron output fit", disable=not progress, leave=False):
+            layer, new, row = built[j]
+            compressed = row["status"] == "compressed"
+            started = started or compressed
+            if not started:  # a dense layer before any compressed one already matches
+                continue
+            grams = stream_grams(reference, dense_mods[j], model, new, batches, max_samples, gen)
+            fit = fit_layer(new, grams, solver=solver, steps=int(fit_steps)) if compressed else \
+                refit_dense_layer(new, grams)
+            row["output_error_weight_fit"] = math.sqrt(fit.before)
+            row["output_error"] = math.sqrt(fit.after)
+            row["fit_samples"] = grams.count
+            del grams
+        model.train(was_training)
     after = sum(int(p.numel()) for p in model.parameters())
     macs = [r["macs_before"] for r in rows]
     totals = {"params_before": total, "params_after": after, "ratio": total / after, "target_ratio": ratio,
               "layers_compressed": sum(1 for r in rows if r["status"] == "compressed"), "method": method,
-              "allocation": allocation, "sq_error": err, "uniform_sq_error": uniform_err,
+              "allocation": allocation, "objective": objective, "sq_error": err, "uniform_sq_error": uniform_err,
               "macs_before": None if None in macs else sum(macs),
-              "macs_after": None if None in macs else sum(r["macs_after"] for r in rows)}
+              "macs_after": None if None in macs else sum(r["macs_after"] for r in rows),
+              "calibration_seconds": None if batches is None else time.perf_counter() - t0,
+              "calibration_inputs": None if batches is None else sum(int(b.shape[0]) for b in batches)}
     return model, CompressionReport(rows, totals)

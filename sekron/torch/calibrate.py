@@ -1,0 +1,419 @@
+"""Calibration: fit compressed layers to the dense layers' *outputs* on unlabeled inputs.
+
+The output of a conv (or linear) layer at one spatial position is ``W p + b``, where ``p``
+is the input patch there (``C * prod(K)`` entries; a linear layer's patch is its input
+row). Append a 1 to every patch and the bias to ``W`` (``W~ = [W, b]``, ``p~ = [p; 1]``).
+With patches ``P_h`` seen by the compressed network (its prefix is already compressed)
+and ``P_d`` seen by the dense network at the same positions, the squared output error
+of a candidate ``W^`` is
+
+    ||W~ P_d - W^~ P_h||^2 = tr(W^~ A W^~^T) - 2 tr(G W^~^T) + ||W~ P_d||^2,
+    A = P_h P_h^T,   G = W~ (P_d P_h^T),
+
+so once the two ``(n + 1)^2`` Gram matrices are streamed over the calibration inputs,
+the fit never touches activations again: it is a weight fit in the metric of the input
+covariance. The bias is one more unknown of that least-squares problem, so it absorbs
+the mean shift. Every factor of a SeKron weight (and so of TT, TR, CP, Tucker, which
+sekron builds as SeKron structures) enters ``W^`` linearly, which gives two solvers:
+
+- ``"als"``: block coordinate descent; each block (one factor, or the bias) is solved
+  exactly (to a tolerance) by conjugate gradients. The gradient is affine in the block,
+  so a Hessian-vector product is ``grad(v) - grad(0)``; no Jacobian is formed.
+- ``"adam"``: Adam on all blocks at once, step sizes relative to each block's scale.
+
+Memory stays bounded: one layer's Gram matrices at a time, the activations of one batch
+at a time, and at most ``max_samples`` patch positions per layer (a random subset, fixed
+seed, taken before the patches are copied out of a strided view).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+F = torch.nn.functional
+
+SOLVERS = ("als", "adam")
+
+
+class _StopForwardError(Exception):
+    """Raised by a forward hook to end a forward pass once a layer's input is captured."""
+
+
+def calibration_batches(calibration: Any, like: torch.Tensor, batch_size: int = 64) -> list[torch.Tensor]:
+    """The calibration inputs as a list of batches on ``like``'s device (floating ones in its dtype).
+
+    ``calibration`` is a tensor (or array) of inputs, split into batches of ``batch_size``;
+    or an iterable of batches, each a tensor or a tuple/list whose first item is the input
+    (as a ``DataLoader`` of ``(x, y)`` yields; the other items are ignored). The caller's
+    tensors are never written to (conversions copy).
+
+    Examples
+    --------
+    >>> import torch
+    >>> xs = calibration_batches(torch.zeros(5, 3), torch.zeros(1), batch_size=2)
+    >>> [tuple(x.shape) for x in xs]
+    [(2, 3), (2, 3), (1, 3)]
+    >>> [tuple(x.shape) for x in calibration_batches([(torch.zeros(4, 3), torch.ones(4))], torch.zeros(1))]
+    [(4, 3)]
+    """
+    def convert(x: Any, where: str) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            try:
+                import numpy as np
+            except ImportError:  # pragma: no cover
+                np = None  # type: ignore[assignment]
+            if np is not None and isinstance(x, np.ndarray):
+                x = torch.as_tensor(x)
+            else:
+                raise TypeError(f"calibration {where} must be a tensor (or a tuple/list whose first item is the "
+                                f"input tensor), got {type(x).__name__}")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"calibration {where} must be a non-empty batch of inputs (N, ...), got shape "
+                             f"{tuple(x.shape)}")
+        dtype = like.dtype if x.is_floating_point() else x.dtype
+        return x.detach().to(device=like.device, dtype=dtype)
+
+    if isinstance(calibration, torch.Tensor) or type(calibration).__name__ == "ndarray":
+        x = convert(calibration, "tensor")
+        return list(x.split(int(batch_size)))
+    if isinstance(calibration, (str, bytes, Mapping)) or not isinstance(calibration, Iterable):
+        raise TypeError("calibration must be a tensor of inputs or an iterable of batches (tensors, or (x, y) "
+                        f"tuples as a DataLoader yields), got {type(calibration).__name__}")
+    out = []
+    for i, item in enumerate(calibration):
+        if isinstance(item, (tuple, list)):
+            if not item:
+                raise ValueError(f"calibration batch {i} is an empty {type(item).__name__}; its first item must be "
+                                 "the input tensor")
+            item = item[0]
+        out.append(convert(item, f"batch {i}"))
+    if not out:
+        raise ValueError("calibration is empty: pass at least one batch of inputs")
+    return out
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            if isinstance(o, torch.Tensor):
+                return o
+    raise TypeError(f"the model's output must be a tensor (or hold one), got {type(out).__name__}")
+
+
+def execution_order(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tensor) -> list[int]:
+    """Indices into ``modules`` sorted by when each first runs in ``model(x)`` (unseen ones last)."""
+    seen: dict[int, int] = {}
+    index = {id(m): i for i, m in enumerate(modules)}
+
+    def hook(mod: nn.Module, args: Any, out: Any) -> None:
+        seen.setdefault(index[id(mod)], len(seen))
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(range(len(modules)), key=lambda i: seen.get(i, len(modules) + i))
+
+
+def _capture(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of ``module`` in ``model(x)`` (its first call), stopping the forward pass right there."""
+    got: list[torch.Tensor] = []
+
+    def hook(mod: nn.Module, args: Any) -> None:
+        got.append(args[0].detach())
+        raise _StopForwardError
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            model(x)
+    except _StopForwardError:
+        pass
+    finally:
+        handle.remove()
+    if not got:
+        raise ValueError(f"the layer {module.__class__.__name__} did not run in the model's forward pass on the "
+                         "calibration inputs; exclude it or check the inputs")
+    return got[0]
+
+
+def _conv_params(mod: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...], list[int], str]:
+    ks = tuple(int(k) for k in mod.kernel_size)
+    D = len(ks)
+    stride = tuple(mod.stride) if isinstance(mod.stride, Sequence) else (int(mod.stride),) * D
+    dil = tuple(mod.dilation) if isinstance(mod.dilation, Sequence) else (int(mod.dilation),) * D
+    pad = mod.padding
+    if isinstance(pad, str):
+        if pad == "valid":
+            pads = [0] * (2 * D)
+        else:  # "same" (stride 1): torch puts the extra element on the right
+            pads = []
+            for d in reversed(range(D)):
+                total = dil[d] * (ks[d] - 1)
+                pads += [total // 2, total - total // 2]
+    else:
+        p = tuple(pad) if isinstance(pad, Sequence) else (int(pad),) * D
+        pads = []
+        for d in reversed(range(D)):
+            pads += [p[d], p[d]]
+    return D, ks, stride, dil, pads, mod.padding_mode
+
+
+def positions(mod: Any, x: torch.Tensor) -> int:
+    """Patch positions of ``mod`` on the input ``x`` (batch included)."""
+    if isinstance(mod, nn.Linear) or not hasattr(mod, "kernel_size"):
+        return x.numel() // x.shape[-1]
+    D, ks, stride, dil, pads, _ = _conv_params(mod)
+    n = x.shape[0]
+    for d in range(D):
+        size = x.shape[2 + d] + pads[2 * (D - 1 - d)] + pads[2 * (D - 1 - d) + 1]
+        n *= max((size - dil[d] * (ks[d] - 1) - 1) // stride[d] + 1, 0)
+    return n
+
+
+def patches(mod: Any, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Input patches ``(M, C * prod(K))`` of a conv (or rows of a linear) at flat positions ``keep``.
+
+    Positions are numbered over ``(N, L_1, ..., L_D)`` (batch, then output positions);
+    ``keep=None`` takes all. Only the kept patches are copied: the rest is a strided view.
+    The patch order matches ``weight.reshape(F, -1)``.
+    """
+    if isinstance(mod, nn.Linear) or not hasattr(mod, "kernel_size"):
+        rows = x.reshape(-1, x.shape[-1])
+        return rows if keep is None else rows[keep]
+    D, ks, stride, dil, pads, mode = _conv_params(mod)
+    if any(pads):
+        x = F.pad(x, pads, mode="constant" if mode == "zeros" else mode)
+    v = x
+    for d in range(D):
+        v = v.unfold(2 + d, dil[d] * (ks[d] - 1) + 1, stride[d])
+    if any(dd > 1 for dd in dil):
+        v = v[(Ellipsis, *(slice(None, None, dd) for dd in dil))]
+    # v: (N, C, L_1..L_D, K_1..K_D) -> (N, L.., C, K..)
+    v = v.permute(0, *range(2, 2 + D), 1, *range(2 + D, 2 + 2 * D))
+    lead = v.shape[:1 + D]
+    if keep is None:
+        return v.reshape(math.prod(lead), -1)
+    idx = torch.unravel_index(keep, tuple(lead))
+    return v[idx].reshape(len(keep), -1)
+
+
+@dataclass
+class Grams:
+    """Streamed statistics of one layer (augmented with the constant 1 as last coordinate).
+
+    ``A = P_h P_h^T`` and ``G = W~ P_d P_h^T`` (dense outputs against actual patches) over
+    the kept positions, ``yy = ||W~ P_d||^2``, ``count`` kept positions. All float64.
+    """
+
+    A: torch.Tensor
+    G: torch.Tensor
+    yy: float
+    count: int
+
+
+def _augment(p: torch.Tensor) -> torch.Tensor:
+    return torch.cat([p.to(torch.float64), torch.ones(p.shape[0], 1, dtype=torch.float64, device=p.device)], 1)
+
+
+def dense_matrix(mod: Any) -> torch.Tensor:
+    """``[W.reshape(F, -1), b]`` of a dense conv/linear in float64 (zero bias column when it has none)."""
+    W = mod.weight.detach().to(torch.float64)
+    W = W.reshape(W.shape[0], -1)
+    b = torch.zeros(W.shape[0], dtype=torch.float64, device=W.device) if mod.bias is None else \
+        mod.bias.detach().to(torch.float64)
+    return torch.cat([W, b[:, None]], 1)
+
+
+def stream_grams(dense_model: nn.Module, dense_layer: nn.Module, model: nn.Module, layer: nn.Module,
+                 batches: Sequence[torch.Tensor], max_samples: int, generator: torch.Generator) -> Grams:
+    """Stream the Gram matrices of one layer: dense inputs from ``dense_model``, actual ones from ``model``."""
+    Wd = dense_matrix(dense_layer)
+    A = G = None
+    yy, count, total = 0.0, 0, None
+    for x in batches:
+        xd = _capture(dense_model, dense_layer, x)
+        xh = _capture(model, layer, x)
+        n = positions(dense_layer, xd)
+        if total is None:  # positions over the whole calibration set, from the first batch's per-input count
+            total = sum(n * b.shape[0] // x.shape[0] for b in batches)
+        keep = None
+        if total > max_samples:
+            m = max(1, round(n * max_samples / total))
+            keep = torch.randperm(n, generator=generator)[:m].sort().values.to(x.device)
+        pd = _augment(patches(dense_layer, xd, keep))
+        ph = _augment(patches(dense_layer, xh, keep))
+        del xd, xh
+        yd = pd @ Wd.T
+        A = ph.T @ ph if A is None else A + ph.T @ ph
+        G = yd.T @ ph if G is None else G + yd.T @ ph
+        yy += float((yd ** 2).sum())
+        count += pd.shape[0]
+    assert A is not None and G is not None
+    return Grams(A, G, yy, count)
+
+
+def _weight_matrix(layer: Any, factors: Sequence[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
+    from ..sekron_tensor import SeKronTensor
+
+    W = SeKronTensor(list(factors), layer.structure).to_tensor()
+    W = W.reshape(W.shape[0], -1)
+    b = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device) if bias is None else bias
+    return torch.cat([W, b[:, None]], 1)
+
+
+@dataclass
+class FitResult:
+    """Relative squared output errors ``||Y - Y^||^2 / ||Y||^2`` before and after the fit, and steps taken."""
+
+    before: float
+    after: float
+    steps: int
+
+
+def fit_layer(layer: Any, grams: Grams, *, solver: str = "als", steps: int = 30, fit_bias: bool = True
+              ) -> FitResult:
+    """Fit a SeKron layer's factors (and bias) to least output error for the streamed ``grams``; in place.
+
+    The result is never worse than the starting point (the best iterate is kept).
+    ``steps``: ALS sweeps over the blocks (``"als"``), or tenfold that many Adam steps.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
+    has_bias = layer.bias is not None and fit_bias
+    A, G = grams.A, grams.G
+    yy = max(grams.yy, 1e-300)
+    if layer.bias is None:  # no bias: the last coordinate is not an unknown
+        A, G = A[:-1, :-1], G[:, :-1]
+    blocks = [f.detach().to(torch.float64).clone() for f in layer.factors]
+    bias = layer.bias.detach().to(torch.float64).clone() if layer.bias is not None else None
+    if bias is not None:
+        blocks.append(bias)
+    n_f = len(layer.factors)
+
+    def loss_of(bl: Sequence[torch.Tensor]) -> torch.Tensor:
+        W = _weight_matrix(layer, bl[:n_f], bl[n_f] if bias is not None else None)
+        if layer.bias is None:
+            W = W[:, :-1]
+        return ((W @ A) * W).sum() - 2 * (G * W).sum() + yy
+
+    with torch.no_grad():
+        start = float(loss_of(blocks)) / yy
+    free = list(range(n_f)) + ([n_f] if has_bias else [])
+    best, best_blocks, taken = start, [b.clone() for b in blocks], 0
+    if solver == "als":
+        for _ in range(steps):
+            for k in free:
+                _cg_block(loss_of, blocks, k)
+            taken += 1
+            with torch.no_grad():
+                cur = float(loss_of(blocks)) / yy
+            if cur < best:
+                improved = (best - cur) > 1e-4 * best
+                best, best_blocks = cur, [b.clone() for b in blocks]
+                if not improved:
+                    break
+            else:
+                break
+    else:
+        params = [blocks[k].clone().requires_grad_(True) for k in free]
+        scales = [float(p.detach().pow(2).mean().sqrt()) or 1.0 for p in params]
+        opt = torch.optim.Adam([{"params": [p], "lr": 1e-2 * s} for p, s in zip(params, scales)])
+        n_steps = 10 * steps
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_steps)
+        for _ in range(n_steps):
+            cur_blocks = list(blocks)
+            for k, p in zip(free, params):
+                cur_blocks[k] = p
+            loss = loss_of(cur_blocks)
+            val = float(loss.detach()) / yy
+            if val < best:
+                best, best_blocks = val, [b.detach().clone() for b in cur_blocks]
+            opt.zero_grad()
+            (loss / yy).backward()
+            opt.step()
+            sched.step()
+            taken += 1
+    with torch.no_grad():
+        for f, new in zip(layer.factors, best_blocks[:n_f]):
+            f.copy_(new.to(f.dtype))
+        if has_bias:
+            layer.bias.copy_(best_blocks[n_f].to(layer.bias.dtype))
+    return FitResult(start, max(best, 0.0), taken)
+
+
+def _cg_block(loss_of: Any, blocks: list[torch.Tensor], k: int, iters: int = 25, tol: float = 1e-10) -> None:
+    """Minimise the (quadratic in block ``k``) loss over block ``k`` by conjugate gradients, in place."""
+    def grad(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().requires_grad_(True)
+        bl = list(blocks)
+        bl[k] = v
+        (g,) = torch.autograd.grad(loss_of(bl), v)
+        return g
+
+    x = blocks[k]
+    g0 = grad(torch.zeros_like(x))  # gradient at 0: -2 * right-hand side
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        return grad(v) - g0
+
+    r = -grad(x)
+    p = r.clone()
+    rr = float((r * r).sum())
+    stop = tol * max(float((g0 * g0).sum()), 1e-300)
+    for _ in range(iters):
+        if rr <= stop:
+            break
+        Hp = hvp(p)
+        pHp = float((p * Hp).sum())
+        if pHp <= 0:
+            break
+        alpha = rr / pHp
+        x = x + alpha * p
+        r = r - alpha * Hp
+        rr_new = float((r * r).sum())
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    blocks[k] = x.detach()
+
+
+def refit_dense(layer: Any, grams: Grams, ridge: float = 1e-6) -> FitResult:
+    """Least-squares refit of a dense conv/linear's weight (and bias) to the streamed ``grams``; in place.
+
+    Closed form ``W~ = G (A + ridge * mean(diag A) I)^-1``; kept only when it lowers the error.
+    """
+    A, G = grams.A, grams.G
+    yy = max(grams.yy, 1e-300)
+    if layer.bias is None:
+        A, G = A[:-1, :-1], G[:, :-1]
+    W = layer.weight.detach().to(torch.float64).reshape(layer.weight.shape[0], -1)
+    if layer.bias is not None:
+        W = torch.cat([W, layer.bias.detach().to(torch.float64)[:, None]], 1)
+
+    def loss(M: torch.Tensor) -> float:
+        return float(((M @ A) * M).sum() - 2 * (G * M).sum() + yy) / yy
+
+    start = loss(W)
+    reg = ridge * float(A.diagonal().mean()) * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    new = torch.linalg.solve(A + reg, G.T).T
+    after = loss(new)
+    if after < start:
+        with torch.no_grad():
+            n = layer.weight[0].numel()
+            layer.weight.copy_(new[:, :n].reshape(layer.weight.shape).to(layer.weight.dtype))
+            if layer.bias is not None:
+                layer.bias.copy_(new[:, n].to(layer.bias.dtype))
+    return FitResult(start, max(min(start, after), 0.0), 1)
