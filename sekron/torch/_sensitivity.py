@@ -1,7 +1,9 @@
 """Sensitivity allocation: per layer and candidate size, how much the network output moves.
 
 For every compressed layer and every candidate on its frontier (a ladder of per-layer
-ratios), only that layer is replaced by its weight fit, and the relative squared change
+ratios), only that layer is replaced by its weight fit (then, with ``fit_steps``, fitted
+to the dense layer's outputs, :func:`sekron.torch.calibrate.fit_layer`, so the damage is
+the one left after output fitting), and the relative squared change
 of the network output on the calibration inputs, ``sum ||f_l(x) - f(x)||^2 / sum
 ||f(x)||^2``, is its damage. The layers' (parameters, damage) points then go through the
 same budget allocation as the weight errors (:func:`sekron.torch._allocate.allocate`:
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from ._allocate import Frontier
-from .calibrate import _first_tensor
+from .calibrate import _first_tensor, fit_layer, stream_grams
 
 #: per-layer compression ratios at which each layer's damage is measured
 RATIOS = tuple(float(r) for r in np.geomspace(1.25, 128.0, 21))
@@ -43,7 +45,8 @@ def _outputs(model: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch.Te
 
 def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Sequence[Frontier],
                           build: Callable[[str, Any], nn.Module], batches: Sequence[torch.Tensor],
-                          ratios: Sequence[float] = RATIOS, progress: Callable[[Any], Any] = iter
+                          ratios: Sequence[float] = RATIOS, progress: Callable[[Any], Any] = iter,
+                          fit_steps: int = 0, solver: str = "als", max_samples: int = 32768, seed: int = 0
                           ) -> list[Frontier]:
     """Frontiers whose errors are the measured output damage (``model`` is a dense working copy)."""
     work = copy.deepcopy(model).eval()
@@ -52,10 +55,16 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
     out = []
     for name, f in progress(list(zip(names, frontiers))):
         dense = work.get_submodule(name)
+        grams = None
+        if fit_steps > 0:
+            grams = stream_grams(work, dense, work, dense, batches, max_samples, torch.Generator().manual_seed(seed))
         pts = []
         for i in _ladder(f, ratios):
             cand = f.candidate(i)
-            work.set_submodule(name, build(name, cand))
+            new = build(name, cand)
+            if grams is not None:
+                fit_layer(new, grams, solver=solver, steps=fit_steps)
+            work.set_submodule(name, new)
             got = _outputs(work, batches)
             pts.append((int(f.params[i]), sum(float(((g - r).double() ** 2).sum()) for g, r in zip(got, ref)) / norm,
                         f.refs[i]))

@@ -355,7 +355,7 @@ def fit_layer(layer: Any, grams: Grams, *, solver: str = "als", steps: int = 30,
     return FitResult(start, max(best, 0.0), taken)
 
 
-def _cg_block(loss_of: Any, blocks: list[torch.Tensor], k: int, iters: int = 25, tol: float = 1e-10) -> None:
+def _cg_block(loss_of: Any, blocks: list[torch.Tensor], k: int, iters: int = 8, tol: float = 1e-10) -> None:
     """Minimise the (quadratic in block ``k``) loss over block ``k`` by conjugate gradients, in place."""
     def grad(v: torch.Tensor) -> torch.Tensor:
         v = v.detach().requires_grad_(True)

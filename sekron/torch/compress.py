@@ -198,7 +198,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
              exclude: Sequence[str] | None = None, skip_first: bool = True, min_kernel_size: int = 1024,
              input_shape: Sequence[int] | None = None, allocation: str | None = None,
              calibration: Any = None, objective: str | None = None, max_samples: int = 32768,
-             solver: str = "als", fit_steps: int = 30, refit_dense: bool = True, batch_size: int = 64, seed: int = 0,
+             solver: str = "als", fit_steps: int = 30, sensitivity_steps: int = 5, refit_dense: bool = True, batch_size: int = 64, seed: int = 0,
              implementation: str = "auto", inplace: bool = False, progress: bool = True
              ) -> tuple[nn.Module, CompressionReport]:
     """Replace conv and linear layers by SeKron layers so that the model has ``ratio`` times fewer parameters.
@@ -244,6 +244,10 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         Output fit: exact least squares per factor in turn (conjugate gradients), or Adam.
     fit_steps : int
         ALS sweeps (Adam: ten times as many steps).
+    sensitivity_steps : int
+        With objective "output" and allocation "sensitivity", each candidate is first
+        output-fitted with this many ALS sweeps (its input from the dense prefix), so the
+        damage that ranks it is the one left after fitting; 0 ranks weight fits.
     refit_dense : bool
         With objective "output", also refit (closed-form least squares, same parameters)
         the conv/linear layers that stay dense because of the allocation, ``skip_first`` or
@@ -327,7 +331,9 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         by_name = {layer.name: layer for layer in chosen}
         alloc_frontiers = sensitivity_frontiers(
             model, [layer.name for layer in chosen], frontiers, lambda n, c: build(by_name[n], c), batches,
-            progress=lambda it: tqdm(it, desc="sekron sensitivity", disable=not progress, leave=False))
+            progress=lambda it: tqdm(it, desc="sekron sensitivity", disable=not progress, leave=False),
+            fit_steps=int(sensitivity_steps) if objective == "output" else 0, solver=solver,
+            max_samples=max_samples, seed=int(seed))
     picks = (uniform if allocation == "uniform" else allocate)(alloc_frontiers, room)
     uniform_err = float(sum(f.err2[i] for f, i in zip(frontiers, uniform(frontiers, room))))
     reference = copy.deepcopy(model).eval() if objective == "output" else None
