@@ -201,7 +201,8 @@ def patches(mod: Any, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tenso
     for d in range(D):
         v = v.unfold(2 + d, dil[d] * (ks[d] - 1) + 1, stride[d])
     if any(dd > 1 for dd in dil):
-        v = v[(Ellipsis, *(slice(None, None, dd) for dd in dil))]
+        step: tuple[Any, ...] = (Ellipsis, *(slice(None, None, dd) for dd in dil))
+        v = v[step]
     # v: (N, C, L_1..L_D, K_1..K_D) -> (N, L.., C, K..)
     v = v.permute(0, *range(2, 2 + D), 1, *range(2 + D, 2 + 2 * D))
     lead = v.shape[:1 + D]

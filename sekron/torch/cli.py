@@ -14,6 +14,11 @@ therefore either
 
 The output is the compressed model's state dict, loadable with ``weights_only=True`` by
 ``sekron.torch.load_compressed(factory(), torch.load("OUT.pt"))``.
+
+``--calibration DIR_OR_NPY`` gives unlabeled inputs (no labels needed): a ``.npy`` file
+of inputs ``(N, ...)``, or a folder of ``.npy`` files (each a batch, concatenated in name
+order). Then each compressed layer is fitted to the dense layer's outputs and the budget
+is allocated by measured sensitivity (see :func:`sekron.torch.compress`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compress import METHODS, compress
+from .compress import ALLOCATIONS, METHODS, OBJECTIVES, compress
 
 
 def _factory(spec: str) -> Callable[[], nn.Module]:
@@ -78,6 +83,31 @@ def load_model(path: str, arch: str | None = None, allow_pickle: bool = False) -
     return obj
 
 
+def load_calibration(path: str) -> torch.Tensor:
+    """Calibration inputs from a ``.npy`` file or a folder of ``.npy`` files (concatenated in name order)."""
+    import numpy as np
+
+    where = Path(path)
+    if where.is_dir():
+        files = sorted(where.glob("*.npy"))
+        if not files:
+            raise ValueError(f"--calibration: the folder {path} holds no .npy file; save the inputs with "
+                             "numpy.save(DIR / 'batch0.npy', x) (x of shape (N, ...))")
+        arrays = [np.load(f, allow_pickle=False) for f in files]
+        shapes = {a.shape[1:] for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"--calibration: the .npy files in {path} must share one input shape, "
+                             f"got {sorted(shapes)}")
+        data = np.concatenate(arrays)
+    elif where.is_file() and where.suffix == ".npy":
+        data = np.load(where, allow_pickle=False)
+    else:
+        raise ValueError(f"--calibration must be a .npy file or a folder of .npy files, got {path!r}")
+    if data.ndim < 2 or data.shape[0] == 0:
+        raise ValueError(f"--calibration: inputs must have shape (N, ...) with N >= 1, got {data.shape}")
+    return torch.from_numpy(np.ascontiguousarray(data))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sekron compress", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("model", help="state dict (with --arch) or pickled nn.Module (with --allow-pickle)")
@@ -94,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compress-first", dest="skip_first", action="store_false")
     p.add_argument("--min-kernel-size", type=int, default=1024)
     p.add_argument("--report", help="also write the report (rows and totals) as JSON here")
+    p.add_argument("--calibration", help="unlabeled inputs: a .npy file (N, ...) or a folder of .npy files")
+    p.add_argument("--objective", choices=list(OBJECTIVES), help="'output' (default with --calibration) or 'weight'")
+    p.add_argument("--allocation", choices=list(ALLOCATIONS),
+                   help="'sensitivity' (default with --calibration), 'error' (default without) or 'uniform'")
+    p.add_argument("--max-samples", type=int, default=32768, help="patch positions per layer for the output fit")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     return p
 
@@ -110,9 +145,12 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
     try:
         model = load_model(args.model, args.arch, args.allow_pickle)
         shape = None if args.input_shape is None else tuple(int(s) for s in args.input_shape.split(","))
+        calibration = None if args.calibration is None else load_calibration(args.calibration)
         small, report = compress(model, args.ratio, method=args.method, include=args.include, exclude=args.exclude,
                                  skip_first=args.skip_first, min_kernel_size=args.min_kernel_size,
-                                 input_shape=shape, inplace=True, progress=not args.quiet)
+                                 input_shape=shape, inplace=True, progress=not args.quiet,
+                                 calibration=calibration, objective=args.objective, allocation=args.allocation,
+                                 max_samples=args.max_samples)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"sekron compress: error: {exc}", file=sys.stderr)
         return 2

@@ -198,7 +198,8 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
              exclude: Sequence[str] | None = None, skip_first: bool = True, min_kernel_size: int = 1024,
              input_shape: Sequence[int] | None = None, allocation: str | None = None,
              calibration: Any = None, objective: str | None = None, max_samples: int = 32768,
-             solver: str = "als", fit_steps: int = 30, sensitivity_steps: int = 5, refit_dense: bool = True, batch_size: int = 64, seed: int = 0,
+             solver: str = "als", fit_steps: int = 30, sensitivity_steps: int = 5, refit_dense: bool = True,
+             batch_size: int = 64, seed: int = 0,
              implementation: str = "auto", inplace: bool = False, progress: bool = True
              ) -> tuple[nn.Module, CompressionReport]:
     """Replace conv and linear layers by SeKron layers so that the model has ``ratio`` times fewer parameters.

@@ -1,0 +1,261 @@
+"""Calibration: compress with unlabeled inputs (output fitting, sensitivity allocation) and distill.
+
+Every claim is checked against a dense reference: patches against torch's conv, the
+Gram-predicted output error against the error measured with the layers themselves,
+the closed-form refit against ``torch.linalg.lstsq``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from sekron.torch import compress, distill  # noqa: E402
+from sekron.torch.calibrate import (  # noqa: E402
+    calibration_batches,
+    fit_layer,
+    patches,
+    positions,
+    refit_dense,
+    stream_grams,
+)
+
+METHODS = ("sekron", "tt", "tr", "cp", "tucker")
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 10))
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    return _net()
+
+
+@pytest.fixture(scope="module")
+def data() -> torch.Tensor:
+    return torch.randn(48, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+KW = {"min_kernel_size": 512, "progress": False}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("conv", [
+    lambda: nn.Conv1d(3, 4, 3, padding=1, stride=2),
+    lambda: nn.Conv2d(3, 4, 3, padding=1),
+    lambda: nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=2, dilation=2),
+    lambda: nn.Conv2d(3, 4, 3, padding="same", padding_mode="reflect"),
+    lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+    lambda: nn.Conv3d(2, 4, 3, padding=1),
+    lambda: nn.Linear(5, 4),
+])
+def test_patches_reproduce_the_layer(conv, dtype) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    mod = conv().to(dtype)
+    shape = (2, 5) if isinstance(mod, nn.Linear) else (2, mod.in_channels, *([7] * len(mod.kernel_size)))
+    x = torch.randn(shape, dtype=dtype)
+    y = mod(x)
+    P = patches(mod, x, None)
+    assert P.shape[0] == positions(mod, x)
+    flat = P @ mod.weight.reshape(mod.weight.shape[0], -1).T + mod.bias
+    ref = y if isinstance(mod, nn.Linear) else y.movedim(1, -1).reshape(-1, y.shape[1])
+    torch.testing.assert_close(flat, ref)
+    keep = torch.tensor([0, P.shape[0] - 1])
+    torch.testing.assert_close(patches(mod, x, keep), P[keep])
+
+
+def test_calibration_forms_agree(net: nn.Module, data: torch.Tensor) -> None:
+    labels = torch.arange(len(data)) % 10
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data, labels), batch_size=16)
+    forms = [data, list(data.split(20)), [(x, y) for x, y in zip(data.split(16), labels.split(16))], loader,
+             data.numpy()]
+    outs = []
+    for form in forms:
+        small, report = compress(net, 3, calibration=form, allocation="error", fit_steps=5, **KW)
+        assert report.totals["objective"] == "output"
+        assert report.totals["calibration_inputs"] == len(data)
+        with torch.no_grad():
+            outs.append(small(data))
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=1e-3, atol=1e-4)
+
+
+def test_calibration_batches_keep_inputs() -> None:
+    x = torch.arange(12.0).reshape(6, 2)
+    got = calibration_batches(x, torch.zeros(1, dtype=torch.float64), batch_size=4)
+    assert [b.shape[0] for b in got] == [4, 2] and got[0].dtype == torch.float64
+    got[0].add_(1)
+    torch.testing.assert_close(x, torch.arange(12.0).reshape(6, 2))
+    ints = calibration_batches([torch.arange(3)], torch.zeros(1))
+    assert ints[0].dtype == torch.int64
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"objective": "output"}, ValueError, "needs inputs"),
+    ({"allocation": "sensitivity"}, ValueError, "needs inputs"),
+    ({"objective": "loss"}, ValueError, "objective must be one of"),
+    ({"calibration": "images/"}, TypeError, "calibration must be a tensor"),
+    ({"calibration": {"x": 1}}, TypeError, "calibration must be a tensor"),
+    ({"calibration": []}, ValueError, "calibration is empty"),
+    ({"calibration": [()]}, ValueError, "empty tuple"),
+    ({"calibration": [[1, 2]]}, TypeError, "batch 0 must be a tensor"),
+    ({"calibration": torch.zeros(0, 3, 8, 8)}, ValueError, "non-empty batch"),
+    ({"calibration": torch.zeros(4, 3, 8, 8), "max_samples": 0}, ValueError, "max_samples"),
+    ({"calibration": torch.zeros(4, 3, 8, 8), "solver": "sgd"}, ValueError, "solver must be one of"),
+])
+def test_bad_calibration_arguments(net: nn.Module, kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        compress(net, 3, **KW, **kwargs)
+
+
+def test_nothing_of_the_caller_changes(net: nn.Module, data: torch.Tensor) -> None:
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    x = data.clone()
+    _, report = compress(net, 3, calibration=data, fit_steps=3, sensitivity_steps=1, **KW)
+    assert report.totals["allocation"] == "sensitivity"
+    assert net.training and all(m.training for m in net.modules())
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    torch.testing.assert_close(data, x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_output_fit_beats_weight_fit(net: nn.Module, data: torch.Tensor, method: str) -> None:
+    held_out = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    weight, _ = compress(net, 4, method=method, **KW)
+    fitted, report = compress(net, 4, method=method, calibration=data, allocation="error", **KW)
+    rows = [r for r in report if r["status"] == "compressed"]
+    assert rows and all(r["output_error"] <= r["output_error_weight_fit"] + 1e-12 for r in rows)
+    assert any(r["output_error"] < 0.95 * r["output_error_weight_fit"] for r in rows)
+    with torch.no_grad():
+        ref = net(held_out)
+        assert _rel(fitted(held_out), ref) < _rel(weight(held_out), ref)
+    # the first compressed layer sees the dense prefix: its reported error is the one measured directly
+    first = rows[0]["name"]
+    sub = int(first)
+    with torch.no_grad():
+        x_in = net[:sub](data)
+        measured = _rel(fitted[sub](x_in), net[sub](x_in))
+    assert measured == pytest.approx(rows[0]["output_error"], rel=1e-3)
+
+
+def test_bias_absorbs_the_mean_shift(net: nn.Module, data: torch.Tensor) -> None:
+    small, _ = compress(net, 6, method="cp", calibration=data, allocation="error", **KW)
+    with torch.no_grad():
+        x_in = net[:2](data)
+        residual = net[2](x_in) - small[2](x_in)
+    # the bias solves its normal equation: the residual has zero mean in every output channel
+    mean = residual.mean(dim=(0, 2, 3))
+    assert float(mean.abs().max()) < 1e-4 * float(residual.abs().mean()) + 1e-6
+    with torch.no_grad():
+        unfit = compress(net, 6, method="cp", **KW)[0][2](x_in).detach()
+    assert float((net[2](x_in) - unfit).mean(dim=(0, 2, 3)).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_refit_is_least_squares(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    dense, noisy = nn.Linear(6, 4).to(dtype), nn.Linear(6, 4).to(dtype)
+    x = [torch.randn(20, 6, dtype=dtype) for _ in range(3)]
+    moved = nn.Sequential(noisy)  # its "prefix" is the identity: same inputs, other weights
+    grams = stream_grams(nn.Sequential(dense), dense, moved, noisy, x, 10 ** 9, torch.Generator())
+    refit_dense(noisy, grams, ridge=0.0)
+    X = torch.cat([torch.cat(x), torch.ones(60, 1, dtype=dtype)], 1).double()
+    sol = torch.linalg.lstsq(X, dense(torch.cat(x)).detach().double()).solution.T
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    torch.testing.assert_close(noisy.weight.detach().double(), sol[:, :6], atol=tol, rtol=tol)
+    torch.testing.assert_close(noisy.bias.detach().double(), sol[:, 6], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("solver", ["als", "adam"])
+def test_solvers_never_get_worse(net: nn.Module, data: torch.Tensor, solver: str) -> None:
+    small, _ = compress(net, 4, method="tt", **KW)
+    layer = copy.deepcopy(small[4])
+    grams = stream_grams(net, net[4], small, small[4], list(data.split(16)), 500, torch.Generator().manual_seed(0))
+    assert grams.count <= 500 + 3  # subsampled: at most max_samples positions (rounded per batch)
+    res = fit_layer(layer, grams, solver=solver, steps=10)
+    assert res.after < res.before
+
+
+def test_sensitivity_allocation_meets_budget(net: nn.Module, data: torch.Tensor) -> None:
+    for ratio in (5,):
+        small, report = compress(net, ratio, calibration=data, input_shape=(1, 3, 8, 8), fit_steps=5, **KW)
+        n = sum(p.numel() for p in small.parameters())
+        assert report.totals["ratio"] >= ratio and n <= sum(p.numel() for p in net.parameters()) / ratio
+        assert all(r["sensitivity"] is not None and r["sensitivity"] >= 0 for r in report
+                   if r["status"] == "compressed")
+        text = str(report)
+        assert "sensitivity" in text and "out. error" in text
+
+
+def test_distill_closes_the_gap_deterministically(net: nn.Module, data: torch.Tensor) -> None:
+    small, _ = compress(net, 6, method="cp", **KW)
+    teacher_state = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        before = _rel(small(data), net(data))
+    runs = []
+    rng = torch.get_rng_state()
+    for _ in range(2):
+        student = distill(copy.deepcopy(small), net, data, epochs=5, lr=3e-3, batch_size=16, progress=False)
+        runs.append(student)
+    torch.testing.assert_close(torch.get_rng_state(), rng)  # the caller's generator is untouched
+    with torch.no_grad():
+        after = _rel(runs[0](data), net(data))
+    assert after < 0.8 * before
+    for a, b in zip(runs[0].parameters(), runs[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, teacher_state[k], rtol=0, atol=0)
+    kl = distill(copy.deepcopy(small), net, [(data, None)], epochs=5, lr=3e-3, loss="kl", progress=False)
+    with torch.no_grad():
+        assert _rel(kl(data), net(data)) < before
+    with pytest.raises(ValueError, match="loss must be one of"):
+        distill(small, net, data, loss="l1")
+
+
+def test_cli_calibration(tmp_path: Path, data: torch.Tensor) -> None:
+    from sekron.torch import load_compressed
+    from sekron.torch.cli import compress_main
+
+    (tmp_path / "arch.py").write_text("import torch\n"
+                                      "def build():\n"
+                                      "    torch.manual_seed(0)\n"
+                                      "    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(),\n"
+                                      "                               torch.nn.Conv2d(16, 32, 3))\n")
+    ns: dict = {}
+    exec((tmp_path / "arch.py").read_text(), ns)
+    model = ns["build"]()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    np.save(tmp_path / "cal.npy", data.numpy())
+    (tmp_path / "dir").mkdir()
+    np.save(tmp_path / "dir" / "a.npy", data[:20].numpy())
+    np.save(tmp_path / "dir" / "b.npy", data[20:].numpy())
+    errors = []
+    for cal in ("cal.npy", "dir", None):
+        out = tmp_path / f"out_{cal}.pt"
+        code = compress_main([str(tmp_path / "m.pt"), "--ratio", "4", "-o", str(out), "--arch",
+                              f"{tmp_path / 'arch.py'}:build", "--quiet", "--min-kernel-size", "100",
+                              "--allocation", "error"]
+                             + ([] if cal is None else ["--calibration", str(tmp_path / cal)]))
+        assert code == 0
+        small = load_compressed(ns["build"](), torch.load(out, weights_only=True))
+        with torch.no_grad():
+            errors.append(_rel(small(data), model(data)))
+    assert errors[0] == pytest.approx(errors[1], rel=1e-4) and errors[0] < 0.9 * errors[2]
+    assert compress_main([str(tmp_path / "m.pt"), "--ratio", "4", "-o", str(tmp_path / "x.pt"), "--arch",
+                          f"{tmp_path / 'arch.py'}:build", "--calibration", str(tmp_path / "m.pt"), "--quiet"]) == 2
