@@ -6,7 +6,8 @@ to the dense layer's outputs, :func:`sekron.torch.calibrate.fit_layer`, so the d
 the one left after output fitting), and the relative squared change
 of the network output on the calibration inputs, ``sum ||f_l(x) - f(x)||^2 / sum
 ||f(x)||^2``, is its damage. The layers' (parameters, damage) points then go through the
-same budget allocation as the weight errors (:func:`sekron.torch._allocate.allocate`:
+same budget allocation as the weight errors (the frontier's other points get damages
+interpolated between the measured ones, so the budget is spent as finely) (:func:`sekron.torch._allocate.allocate`:
 greedy on the convex hulls, then a fill pass), in the spirit of AIMET's greedy
 compression-ratio selection.
 """
@@ -25,7 +26,7 @@ from ._allocate import Frontier
 from .calibrate import _first_tensor, fit_layer, stream_grams
 
 #: per-layer compression ratios at which each layer's damage is measured
-RATIOS = tuple(float(r) for r in np.geomspace(1.25, 128.0, 21))
+RATIOS = tuple(float(r) for r in np.geomspace(1.25, 128.0, 13))
 
 
 def _ladder(f: Frontier, ratios: Sequence[float]) -> list[int]:
@@ -36,6 +37,26 @@ def _ladder(f: Frontier, ratios: Sequence[float]) -> list[int]:
         if ok.size:
             picks.add(int(ok[-1]))
     return sorted(picks)
+
+
+def _interpolated(f: Frontier, pts: Sequence[tuple[int, float, Any]]) -> Frontier:
+    """All points of ``f`` with damages: measured where measured, else interpolated (linear in log params).
+
+    The frontier between two measured sizes keeps its intermediate points, so the budget
+    can be spent as finely as with the weight errors; "keep dense" has damage 0.
+    """
+    mp = np.log(np.asarray([p[0] for p in pts] + [f.dense], dtype=float))
+    md = np.asarray([p[1] for p in pts] + [0.0])
+    order = np.argsort(mp)
+    measured = {p[0]: p[1] for p in pts}
+    damage = [measured.get(int(q), float(np.interp(np.log(q), mp[order], md[order]))) for q in f.params[:-1]]
+    keep, best = [], np.inf
+    for i in sorted(range(len(damage)), key=lambda i: (f.params[i], damage[i])):
+        if damage[i] < best:
+            keep.append(i)
+            best = damage[i]
+    return Frontier(np.asarray([f.params[i] for i in keep] + [f.dense], dtype=np.int64),
+                    np.asarray([damage[i] for i in keep] + [0.0]), [f.refs[i] for i in keep] + [None], f.dense)
 
 
 @torch.no_grad()
@@ -69,13 +90,5 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
             pts.append((int(f.params[i]), sum(float(((g - r).double() ** 2).sum()) for g, r in zip(got, ref)) / norm,
                         f.refs[i]))
         work.set_submodule(name, dense)
-        keep, best = [], np.inf
-        for p in sorted(pts, key=lambda p: (p[0], p[1])):
-            if p[1] < best:
-                keep.append(p)
-                best = p[1]
-        params = [p[0] for p in keep] + [f.dense]
-        err2 = [p[1] for p in keep] + [0.0]
-        out.append(Frontier(np.asarray(params, dtype=np.int64), np.asarray(err2), [p[2] for p in keep] + [None],
-                            f.dense))
+        out.append(_interpolated(f, pts))
     return out
