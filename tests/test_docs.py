@@ -46,24 +46,25 @@ def api_directives() -> list[str]:
 
 
 def resolve(path: str) -> object:
-    """The object a directive documents: the longest importable module prefix, then attributes.
+    """The object that a directive documents, found the way the documentation tool finds it.
 
-    ``sekron.conv`` is both a module and the function it defines, so ``sekron.conv.conv``
-    resolves through the module (as mkdocstrings does), and ``sekron.decompose`` through
-    the package.
+    A dotted step names a submodule when a module file of exactly that name exists (then the
+    page shows the module: ``sekron.torch.compress`` is the module, the function is
+    ``sekron.torch.compress.compress``); otherwise it is an attribute (``sekron.conv`` is the
+    function, although ``import sekron.conv`` gives the package ``sekron.convolution``).
     """
     import importlib
 
     parts = path.split(".")
-    for cut in range(len(parts), 0, -1):
+    obj: object = importlib.import_module(parts[0])
+    for i in range(1, len(parts)):
+        full = ".".join(parts[: i + 1])
         try:
-            obj: object = importlib.import_module(".".join(parts[:cut]))
+            module = importlib.import_module(full)
         except ImportError:
-            continue
-        for name in parts[cut:]:
-            obj = getattr(obj, name)
-        return obj
-    raise ImportError(path)
+            module = None
+        obj = module if module is not None and module.__name__ == full else getattr(obj, parts[i])
+    return obj
 
 
 @pytest.mark.parametrize("package", ["sekron", "sekron.torch"])
@@ -109,6 +110,8 @@ def test_math_sections_cited_by_the_code_exist() -> None:
     files = [*(root / "sekron").rglob("*.py"), *DOCS.rglob("*.md"), root / "README.md"]
     cited = {(str(f.relative_to(root)), n) for f in files
              for n in re.findall(r"math\.md ?§ ?(\d+(?:\.\d+)?)", f.read_text())}
+    stale = sorted(str(f.relative_to(root)) for f in files if f.name != "math.md" and "MATH" + ".md" in f.read_text())
+    assert not stale, f"cite docs/math.md §N, not a file the repo lacks: {stale}"
     bad = sorted(c for c in cited if c[1] not in sections)
     assert not bad, f"citations of sections that docs/math.md lacks: {bad}"
     anchors = {f.name: re.findall(r"math\.md#(s[\d-]+)", f.read_text()) for f in DOCS.rglob("*.md")}
