@@ -225,6 +225,20 @@ class Grams:
     yy: float
     count: int
 
+    def root(self, bias: bool) -> torch.Tensor:
+        """``L`` with ``L L^T = A`` (bias coordinate dropped unless ``bias``), ``r <= min(n, count)`` columns.
+
+        From the eigendecomposition; eigenvalues below ``1e-10`` of the largest are dropped,
+        so the loss ``||W^~ L||^2`` costs ``F n r`` instead of ``F n^2`` when A has low rank.
+        """
+        cache = self.__dict__.setdefault("_roots", {})
+        if bias not in cache:
+            A = self.A if bias else self.A[:-1, :-1]
+            lam, V = torch.linalg.eigh(A)
+            keep = lam > 1e-10 * float(lam.max().clamp_min(1e-300))
+            cache[bias] = V[:, keep] * lam[keep].sqrt()
+        return cache[bias]  # type: ignore[no-any-return]
+
 
 def _augment(p: torch.Tensor) -> torch.Tensor:
     return torch.cat([p.to(torch.float64), torch.ones(p.shape[0], 1, dtype=torch.float64, device=p.device)], 1)
@@ -295,10 +309,9 @@ def fit_layer(layer: Any, grams: Grams, *, solver: str = "als", steps: int = 30,
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
     has_bias = layer.bias is not None and fit_bias
-    A, G = grams.A, grams.G
+    G = grams.G if layer.bias is not None else grams.G[:, :-1]  # no bias: the last coordinate is no unknown
+    L = grams.root(layer.bias is not None)
     yy = max(grams.yy, 1e-300)
-    if layer.bias is None:  # no bias: the last coordinate is not an unknown
-        A, G = A[:-1, :-1], G[:, :-1]
     blocks = [f.detach().to(torch.float64).clone() for f in layer.factors]
     bias = layer.bias.detach().to(torch.float64).clone() if layer.bias is not None else None
     if bias is not None:
@@ -309,7 +322,7 @@ def fit_layer(layer: Any, grams: Grams, *, solver: str = "als", steps: int = 30,
         W = _weight_matrix(layer, bl[:n_f], bl[n_f] if bias is not None else None)
         if layer.bias is None:
             W = W[:, :-1]
-        return ((W @ A) * W).sum() - 2 * (G * W).sum() + yy
+        return (W @ L).pow(2).sum() - 2 * (G * W).sum() + yy
 
     with torch.no_grad():
         start = float(loss_of(blocks)) / yy
