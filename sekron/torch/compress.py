@@ -198,7 +198,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
              exclude: Sequence[str] | None = None, skip_first: bool = True, min_kernel_size: int = 1024,
              input_shape: Sequence[int] | None = None, allocation: str | None = None,
              calibration: Any = None, objective: str | None = None, max_samples: int = 32768,
-             solver: str = "als", fit_steps: int = 30, sensitivity_steps: int = 5, refit_dense: bool = True,
+             solver: str = "als", fit_steps: int = 15, sensitivity_steps: int = 5, refit_dense: bool = True,
              batch_size: int = 64, seed: int = 0,
              implementation: str = "auto", inplace: bool = False, progress: bool = True
              ) -> tuple[nn.Module, CompressionReport]:
@@ -244,7 +244,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     solver : {"als", "adam"}
         Output fit: exact least squares per factor in turn (conjugate gradients), or Adam.
     fit_steps : int
-        ALS sweeps (Adam: ten times as many steps).
+        At most this many ALS sweeps (Adam: ten times as many steps).
     sensitivity_steps : int
         With objective "output" and allocation "sensitivity", each candidate is first
         output-fitted with this many ALS sweeps (its input from the dense prefix), so the
