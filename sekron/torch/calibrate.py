@@ -224,6 +224,12 @@ class Grams:
     G: torch.Tensor
     yy: float
     count: int
+    W: torch.Tensor | None = None  #: the dense ``[W, b]``, the prior of the ridge term
+
+    def ridge(self, strength: float, bias: bool) -> float:
+        """``lambda = strength * mean(diag A)`` (over the patch coordinates), the weight of ``||W^ - W||^2``."""
+        n = self.A.shape[0] - 1
+        return float(strength * self.A.diagonal()[:n].mean()) if n else 0.0
 
     def root(self, bias: bool) -> torch.Tensor:
         """``L`` with ``L L^T = A`` (bias coordinate dropped unless ``bias``), ``r <= min(n, count)`` columns.
@@ -278,7 +284,7 @@ def stream_grams(dense_model: nn.Module, dense_layer: nn.Module, model: nn.Modul
         yy += float((yd ** 2).sum())
         count += pd.shape[0]
     assert A is not None and G is not None
-    return Grams(A, G, yy, count)
+    return Grams(A, G, yy, count, Wd)
 
 
 def _weight_matrix(layer: Any, factors: Sequence[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
@@ -299,11 +305,15 @@ class FitResult:
     steps: int
 
 
-def fit_layer(layer: Any, grams: Grams, *, solver: str = "als", steps: int = 15, fit_bias: bool = True
-              ) -> FitResult:
+def fit_layer(layer: Any, grams: Grams, *, solver: str = "als", steps: int = 15, fit_bias: bool = True,
+              ridge: float = 1e-2) -> FitResult:
     """Fit a SeKron layer's factors (and bias) to least output error for the streamed ``grams``; in place.
 
-    The result is never worse than the starting point (the best iterate is kept).
+    The objective adds ``lambda ||W^ - W||^2`` (``lambda = ridge * mean(diag A)``, the
+    dense weight ``W`` as prior): with fewer calibration positions than patch entries the
+    output error alone is underdetermined and overfits the calibration inputs; the ridge
+    keeps the directions the inputs do not see at the dense weight. Errors are reported
+    without it. The result is never worse than the starting point (best iterate kept).
     ``steps``: ALS sweeps over the blocks (``"als"``; they stop early once a sweep lowers
     the error by less than 0.1% of it), or tenfold that many Adam steps.
     """
@@ -313,20 +323,31 @@ def fit_layer(layer: Any, grams: Grams, *, solver: str = "als", steps: int = 15,
     G = grams.G if layer.bias is not None else grams.G[:, :-1]  # no bias: the last coordinate is no unknown
     L = grams.root(layer.bias is not None)
     yy = max(grams.yy, 1e-300)
+    lam = grams.ridge(ridge, layer.bias is not None) if grams.W is not None else 0.0
+    Wd = None if grams.W is None else (grams.W if layer.bias is not None else grams.W[:, :-1])
     blocks = [f.detach().to(torch.float64).clone() for f in layer.factors]
     bias = layer.bias.detach().to(torch.float64).clone() if layer.bias is not None else None
     if bias is not None:
         blocks.append(bias)
     n_f = len(layer.factors)
 
-    def loss_of(bl: Sequence[torch.Tensor]) -> torch.Tensor:
+    def matrix(bl: Sequence[torch.Tensor]) -> torch.Tensor:
         W = _weight_matrix(layer, bl[:n_f], bl[n_f] if bias is not None else None)
-        if layer.bias is None:
-            W = W[:, :-1]
+        return W if layer.bias is not None else W[:, :-1]
+
+    def output_loss(W: torch.Tensor) -> torch.Tensor:
         return (W @ L).pow(2).sum() - 2 * (G * W).sum() + yy
+
+    def loss_of(bl: Sequence[torch.Tensor]) -> torch.Tensor:
+        W = matrix(bl)
+        out = output_loss(W)
+        if lam > 0 and Wd is not None:
+            out = out + lam * (W - Wd)[:, :-1 if layer.bias is not None else None].pow(2).sum()
+        return out
 
     with torch.no_grad():
         start = float(loss_of(blocks)) / yy
+        start_output = float(output_loss(matrix(blocks))) / yy
     free = list(range(n_f)) + ([n_f] if has_bias else [])
     best, best_blocks, taken = start, [b.clone() for b in blocks], 0
     if solver == "als":
@@ -367,7 +388,8 @@ def fit_layer(layer: Any, grams: Grams, *, solver: str = "als", steps: int = 15,
             f.copy_(new.to(f.dtype))
         if has_bias:
             layer.bias.copy_(best_blocks[n_f].to(layer.bias.dtype))
-    return FitResult(start, max(best, 0.0), taken)
+        final_output = float(output_loss(matrix(best_blocks))) / yy
+    return FitResult(max(start_output, 0.0), max(final_output, 0.0), taken)
 
 
 def _cg_block(loss_of: Any, blocks: list[torch.Tensor], k: int, iters: int = 8, tol: float = 1e-10) -> None:
@@ -405,10 +427,12 @@ def _cg_block(loss_of: Any, blocks: list[torch.Tensor], k: int, iters: int = 8, 
     blocks[k] = x.detach()
 
 
-def refit_dense(layer: Any, grams: Grams, ridge: float = 1e-6) -> FitResult:
+def refit_dense(layer: Any, grams: Grams, ridge: float = 1e-2) -> FitResult:
     """Least-squares refit of a dense conv/linear's weight (and bias) to the streamed ``grams``; in place.
 
-    Closed form ``W~ = G (A + ridge * mean(diag A) I)^-1``; kept only when it lowers the error.
+    Closed form ``W~ = (G + lambda W) (A + lambda I)^-1`` with ``lambda = ridge * mean(diag A)``
+    (the current weight as the prior of the ridge term, bias not penalised); kept only when
+    it lowers the output error.
     """
     A, G = grams.A, grams.G
     yy = max(grams.yy, 1e-300)
@@ -422,8 +446,11 @@ def refit_dense(layer: Any, grams: Grams, ridge: float = 1e-6) -> FitResult:
         return float(((M @ A) * M).sum() - 2 * (G * M).sum() + yy) / yy
 
     start = loss(W)
-    reg = ridge * float(A.diagonal().mean()) * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
-    new = torch.linalg.solve(A + reg, G.T).T
+    n = A.shape[0] - (layer.bias is not None)
+    lam = ridge * float(A.diagonal()[:n].mean()) if n else 0.0
+    mask = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+    mask[:n] = lam
+    new = torch.linalg.solve(A + torch.diag(mask), (G + W * mask).T).T
     after = loss(new)
     if after < start:
         with torch.no_grad():
