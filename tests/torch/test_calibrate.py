@@ -259,3 +259,23 @@ def test_cli_calibration(tmp_path: Path, data: torch.Tensor) -> None:
     assert errors[0] == pytest.approx(errors[1], rel=1e-4) and errors[0] < 0.9 * errors[2]
     assert compress_main([str(tmp_path / "m.pt"), "--ratio", "4", "-o", str(tmp_path / "x.pt"), "--arch",
                           f"{tmp_path / 'arch.py'}:build", "--calibration", str(tmp_path / "m.pt"), "--quiet"]) == 2
+
+
+def test_ridge_keeps_unseen_directions() -> None:
+    """With fewer calibration positions than patch entries, the ridge towards the dense weight generalises."""
+    from sekron.torch import SeKronConv2d
+
+    torch.manual_seed(0)
+    dense = nn.Conv2d(16, 16, 3, padding=1)
+    seen = [torch.randn(1, 16, 3, 3)]  # 9 positions, 145 unknowns per output channel
+    unseen = torch.randn(8, 16, 6, 6)
+    errs = {}
+    for ridge in (0.0, 1e-2):
+        layer = SeKronConv2d.from_conv(dense, [(4, 4, 3, 1), (4, 4, 1, 3)], rank=2)
+        grams = stream_grams(nn.Sequential(dense), dense, nn.Sequential(layer), layer, seen, 10 ** 9,
+                             torch.Generator())
+        fit = fit_layer(layer, grams, steps=10, ridge=ridge)
+        assert fit.after < fit.before
+        with torch.no_grad():
+            errs[ridge] = _rel(layer(unseen), dense(unseen))
+    assert errs[1e-2] < errs[0.0]
