@@ -52,6 +52,7 @@ from ..sekron_tensor import SeKronTensor
 from ..structure import Structure, structures
 from . import _baselines as bl
 from . import _scoring as sc
+from ._cache import memo
 from ._grouped import cp_rank as _cp_rank
 from ._grouped import whole_mode_families as _grouped
 
@@ -213,7 +214,10 @@ def _refine(W: np.ndarray, fam: sc.Family, budget: float, top: float, patterns: 
     """S = 3 refinements of an S = 2 grid's second factor, sharing its level-1 split."""
     a, b = fam.structure.factor_shapes
     P1 = math.prod(a)
-    s2, C = sc.level1(fam.structure.rearrange(W), P1, max(1, int(top // (P1 + 2))))
+    r = max(1, int(top // (P1 + 2)))
+    got = memo("level1", W, {"grid": fam.structure.factor_shapes, "r": r},
+               lambda: dict(zip(("s2", "C"), sc.level1(fam.structure.rearrange(W), P1, r))))
+    s2, C = got["s2"], got["C"]
     k1 = s2.shape[0]
     splits = [g for g in structures(b, 2, exclude_trivial=True) if P1 + sum(g.factor_sizes) <= budget]
     norm2 = float(np.sum(W * W))

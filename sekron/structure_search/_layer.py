@@ -1,0 +1,120 @@
+"""One layer's share of :func:`sekron.torch.compress`: every scored family of its weight, as plain data.
+
+This is the unit of work that :func:`sekron.torch.compress` runs in parallel (in worker
+processes or on a dask cluster). It imports numpy and the search only, never torch, so a
+worker process starts quickly; its input is a numpy weight and plain options, its output
+plain dicts of numpy arrays (:func:`family_to_plain`), and the cache entries it computed.
+
+Budgets. Each layer is scored at a ladder of parameter budgets around its share of the
+model budget. The ladder is anchored on the layer's dense size (powers of two times
+``W.size``, see :func:`ladder`) rather than on the share itself, so that compressing the
+same model at another ratio asks the ALS and rank-cap families for mostly the same
+budgets, which :mod:`sekron.structure_search._cache` then serves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..structure import Structure
+from . import _scoring as sc
+from ._cache import Entry, Memo
+from ._search import BASELINES, families
+
+#: method -> (n_factors, patterns, baselines) of the search machinery
+METHODS: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "sekron": ((2, 3), ("nested", "chain", "cp", "tucker"), BASELINES),
+    "tt": ((), (), ("tt",)),
+    "tr": ((), (), ("tr",)),
+    "cp": ((), (), ("cp",)),
+    "tucker": ((), (), ("tucker",)),
+}
+#: budgets (times the anchor, see :func:`ladder`) at which each layer is scored
+LADDER = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: budgets on the same span for the single-format methods (tt, tr, cp, tucker)
+FINE_LADDER = 25
+
+
+def ladder(size: int, budget: float, fine: bool = False) -> list[float]:
+    """The budgets at which a layer of ``size`` entries with a share of ``budget`` parameters is scored.
+
+    The anchor is ``budget`` rounded (in log scale) to ``size`` times a power of two,
+    so the ladder of a layer only moves in whole octaves when the ratio changes.
+
+    Examples
+    --------
+    >>> ladder(1024, 300.0)
+    [64.0, 128.0, 256.0, 512.0, 1024.0]
+    """
+    anchor = size * 2.0 ** round(math.log2(budget / size))
+    steps = np.geomspace(LADDER[0], LADDER[-1], FINE_LADDER) if fine else LADDER
+    return [min(anchor * float(f), float(size)) for f in steps]
+
+
+def layer_families(W: np.ndarray, budget: float, method: str) -> list[sc.Family]:
+    """Every family of ``W`` (float64) that compress scores for a share of ``budget`` parameters."""
+    n_factors, patterns, baselines = METHODS[method]
+    steps = ladder(W.size, budget, fine=not n_factors)
+    return families(W, budget, n_factors, patterns, baselines, ladder=steps, spectrum_top=min(W.size, 8 * budget))
+
+
+# --- plain data --------------------------------------------------------------------------------
+def family_to_plain(fam: sc.Family) -> dict[str, Any]:
+    """A family as JSON-ready values and numpy arrays (the CP init factors as a list of arrays)."""
+    extra = None
+    if fam.extra is not None:
+        extra = []
+        for opts in fam.extra:
+            item = {k: v for k, v in opts.items() if k != "init"}
+            if "init" in opts:
+                weights, factors = opts["init"]
+                item["init"] = [np.asarray(weights), *(np.asarray(f) for f in factors)]
+            extra.append(item)
+    return {"structure": fam.structure.to_dict(), "kind": fam.kind, "params": fam.params, "err": fam.err,
+            "ranks": fam.ranks, "extra": extra, "baseline": fam.baseline}
+
+
+def family_from_plain(data: Mapping[str, Any]) -> sc.Family:
+    """Inverse of :func:`family_to_plain`."""
+    extra = None
+    if data["extra"] is not None:
+        from tensorly.cp_tensor import CPTensor
+
+        extra = []
+        for item in data["extra"]:
+            opts = dict(item)
+            if "init" in opts:
+                weights, *factors = opts["init"]
+                opts["init"] = CPTensor((weights, list(factors)))
+            extra.append(opts)
+    return sc.Family(Structure.from_dict(data["structure"]), data["kind"], data["params"], data["err"],
+                     data["ranks"], extra, data["baseline"])
+
+
+def layer_task(W: np.ndarray, budget: float, method: str, whash: str,
+               known: Mapping[str, Entry] | None = None) -> tuple[list[dict[str, Any]], dict[str, Entry], int, int]:
+    """The work of one layer, where it runs: (families as plain data, new cache entries, hits, misses).
+
+    ``known`` holds the cache entries of this weight (hash ``whash``) that the caller already has.
+    """
+    m = Memo(W, whash, known)
+    with m.active():
+        fams = layer_families(W, budget, method)
+    return [family_to_plain(f) for f in fams], m.new, m.hits, m.misses
+
+
+def task_arguments(W: np.ndarray, budget: float, method: str, whash: str,
+                   known: Mapping[str, Entry] | None) -> tuple[Any, ...]:
+    """The positional arguments of :func:`layer_task` (validated plain values)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    return (np.ascontiguousarray(W, dtype=np.float64), float(budget), str(method), str(whash), dict(known or {}))
+
+
+def run_plain(args: Sequence[Any]) -> tuple[list[dict[str, Any]], dict[str, Entry], int, int]:
+    """:func:`layer_task` on a tuple of arguments (the picklable entry point of worker processes)."""
+    return layer_task(*args)
