@@ -6,10 +6,11 @@ worker process starts quickly; its input is a numpy weight and plain options, it
 plain dicts of numpy arrays (:func:`family_to_plain`), and the cache entries it computed.
 
 Budgets. Each layer is scored at a ladder of parameter budgets around its share of the
-model budget. The ladder is anchored on the layer's dense size (powers of two times
-``W.size``, see :func:`ladder`) rather than on the share itself, so that compressing the
-same model at another ratio asks the ALS and rank-cap families for mostly the same
-budgets, which :mod:`sekron.structure_search._cache` then serves.
+model budget. The search and its ladder are anchored on the layer's dense size (powers
+of two times ``W.size``, see :func:`anchor`) rather than on the share itself, so that
+compressing the same model at another ratio asks for the same spectra, ALS fits and
+rank caps (same octave) or mostly the same (next octave), which
+:mod:`sekron.structure_search._cache` then serves.
 """
 
 from __future__ import annotations
@@ -39,27 +40,44 @@ LADDER = (0.25, 0.5, 1.0, 2.0, 4.0)
 FINE_LADDER = 25
 
 
+def anchor(size: int, budget: float) -> float:
+    """``budget`` rounded, in log scale, to ``size`` times a power of two (at most ``size``).
+
+    Examples
+    --------
+    >>> anchor(1024, 300.0), anchor(1024, 380.0)
+    (256.0, 512.0)
+    """
+    return min(float(size), size * 2.0 ** round(math.log2(budget / size)))
+
+
 def ladder(size: int, budget: float, fine: bool = False) -> list[float]:
     """The budgets at which a layer of ``size`` entries with a share of ``budget`` parameters is scored.
 
-    The anchor is ``budget`` rounded (in log scale) to ``size`` times a power of two,
-    so the ladder of a layer only moves in whole octaves when the ratio changes.
+    They are :data:`LADDER` times the :func:`anchor` of ``budget``, so the ladder of a layer
+    only moves in whole octaves when the ratio changes.
 
     Examples
     --------
     >>> ladder(1024, 300.0)
     [64.0, 128.0, 256.0, 512.0, 1024.0]
     """
-    anchor = size * 2.0 ** round(math.log2(budget / size))
+    base = anchor(size, budget)
     steps = np.geomspace(LADDER[0], LADDER[-1], FINE_LADDER) if fine else LADDER
-    return [min(anchor * float(f), float(size)) for f in steps]
+    return [min(base * float(f), float(size)) for f in steps]
 
 
 def layer_families(W: np.ndarray, budget: float, method: str) -> list[sc.Family]:
-    """Every family of ``W`` (float64) that compress scores for a share of ``budget`` parameters."""
+    """Every family of ``W`` (float64) that compress scores for a share of ``budget`` parameters.
+
+    The search runs at the :func:`anchor` of ``budget`` (within half an octave of it), so
+    its whole state depends on the ratio only through that octave: compressing again at
+    a ratio in the same octave reuses everything cached, in the next one most of it.
+    """
     n_factors, patterns, baselines = METHODS[method]
+    base = anchor(W.size, budget)
     steps = ladder(W.size, budget, fine=not n_factors)
-    return families(W, budget, n_factors, patterns, baselines, ladder=steps, spectrum_top=min(W.size, 8 * budget))
+    return families(W, base, n_factors, patterns, baselines, ladder=steps, spectrum_top=min(W.size, 8 * base))
 
 
 # --- plain data --------------------------------------------------------------------------------

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the first conv/linear layer dense (default)")
     p.add_argument("--compress-first", dest="skip_first", action="store_false")
     p.add_argument("--min-kernel-size", type=int, default=1024)
+    p.add_argument("--jobs", type=int, default=-1, help="worker processes for the search (-1: all cores, 1: none)")
+    p.add_argument("--cache-dir", help="keep the per-layer search state here (npz + JSON) for later runs")
     p.add_argument("--report", help="also write the report (rows and totals) as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     return p
@@ -112,7 +114,8 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
         shape = None if args.input_shape is None else tuple(int(s) for s in args.input_shape.split(","))
         small, report = compress(model, args.ratio, method=args.method, include=args.include, exclude=args.exclude,
                                  skip_first=args.skip_first, min_kernel_size=args.min_kernel_size,
-                                 input_shape=shape, inplace=True, progress=not args.quiet)
+                                 input_shape=shape, inplace=True, progress=not args.quiet, n_jobs=args.jobs,
+                                 cache_dir=args.cache_dir)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"sekron compress: error: {exc}", file=sys.stderr)
         return 2

@@ -92,3 +92,22 @@ def test_disk_cache_survives_a_new_cache_object(tmp_path) -> None:
 def test_bad_parallel_arguments(kwargs: dict[str, Any], err: type, match: str) -> None:
     with pytest.raises(err, match=match):
         compress(_net(), 3, progress=False, min_kernel_size=256, **kwargs)
+
+
+def test_cli_jobs_and_cache_dir(tmp_path) -> None:
+    from sekron.torch.cli import compress_main
+
+    arch = tmp_path / "arch.py"
+    arch.write_text("import torch\ndef build():\n    torch.manual_seed(0)\n    return torch.nn.Sequential("
+                    "torch.nn.Conv2d(3, 12, 3), torch.nn.Conv2d(12, 16, 3))\n")
+    ns: dict[str, Any] = {}
+    exec(arch.read_text(), ns)
+    src = tmp_path / "m.pt"
+    torch.save(ns["build"]().state_dict(), src)
+    args = [str(src), "--ratio", "3", "--arch", f"{arch}:build", "--min-kernel-size", "100", "--quiet",
+            "--jobs", "1", "--cache-dir", str(tmp_path / "cache")]
+    assert compress_main([*args, "-o", str(tmp_path / "a.pt")]) == 0
+    assert list((tmp_path / "cache").glob("*/index.json")) and list((tmp_path / "cache").glob("*/*.npz"))
+    assert compress_main([*args, "-o", str(tmp_path / "b.pt")]) == 0
+    a, b = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
+    assert _same(a, b)
