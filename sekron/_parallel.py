@@ -101,7 +101,8 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], *, n_job
     tasks : sequence of tuple
         Positional arguments, plain values and numpy arrays.
     n_jobs : int
-        Worker processes when no dask client is used (:func:`resolve_jobs`); 1 runs here.
+        Worker processes when no dask client is used (:func:`resolve_jobs`); 1 runs here, and
+        so does any value inside a daemonic process (e.g. a pool or dask worker).
     client : dask.distributed.Client, False or None
         See :func:`active_client`.
     sizes : sequence of float, optional
@@ -133,7 +134,7 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], *, n_job
             for fut in as_completed(list(futures)):
                 results[futures[fut]] = fut.result()
                 bar.update(1)
-        elif jobs == 1 or n <= 1:
+        elif jobs == 1 or n <= 1 or _daemonic():
             for i in range(n):
                 results[i] = fn(*tasks[i])
                 bar.update(1)
@@ -156,6 +157,13 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], *, n_job
     finally:
         bar.close()
     return results
+
+
+def _daemonic() -> bool:
+    """True inside a daemonic process (a pool or dask worker), which may not start processes: run there."""
+    import multiprocessing
+
+    return bool(multiprocessing.current_process().daemon)
 
 
 class _NoBar:

@@ -143,3 +143,21 @@ def test_ladder_anchored_on_octaves(size: int, frac: float) -> None:
     half = ladder(size, budget / 2)
     if steps[0] / 2 >= 1 and budget / 2 >= 1:
         assert len(set(steps) & set(half)) >= 3  # twice the ratio: at least 3 of the 5 budgets are shared
+
+
+def _in_daemon(q) -> None:  # a pool worker cannot start processes: run_tasks runs in place there
+    q.put(run_tasks(divmod, [(7, 2), (9, 4)], n_jobs=2))
+
+
+def test_run_tasks_inside_a_daemonic_process() -> None:
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs the fork start method (the target is defined in a test module)")
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_in_daemon, args=(q,), daemon=True)
+    proc.start()
+    got = q.get(timeout=60)
+    proc.join(timeout=60)
+    assert got == [(3, 1), (2, 1)]
