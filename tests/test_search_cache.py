@@ -161,3 +161,15 @@ def test_run_tasks_inside_a_daemonic_process() -> None:
     got = q.get(timeout=60)
     proc.join(timeout=60)
     assert got == [(3, 1), (2, 1)]
+
+
+def test_unaligned_weight_gives_the_same_families() -> None:
+    """dask hands tasks views into its receive buffers; numpy's non-BLAS loops on them round differently."""
+    W = _kernel((24, 12, 3, 3))
+    raw = np.empty(W.nbytes + 8, dtype=np.uint8)
+    U = raw[3:3 + W.nbytes].view(np.float64).reshape(W.shape)
+    U[...] = W
+    assert not U.flags.aligned
+    here, _, _, _ = layer_task(W, W.size / 4, "sekron", weight_hash(W), {})
+    there, _, _, _ = layer_task(U, W.size / 4, "sekron", weight_hash(W), {})
+    _same_families([family_from_plain(p) for p in there], [family_from_plain(p) for p in here])

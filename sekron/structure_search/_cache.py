@@ -128,7 +128,7 @@ class SearchCache:
     def _store(self, whash: str, key: str, entry: Entry) -> None:
         group = self._weights.setdefault(whash, {})
         if key not in group:
-            group[key] = {k: np.asarray(v) for k, v in entry.items()}
+            group[key] = {k: np.require(v, requirements=["C", "A"]) for k, v in entry.items()}  # aligned copies
             self._bytes += _nbytes(group[key])
 
     def _evict(self) -> None:

@@ -80,6 +80,11 @@ def layer_families(W: np.ndarray, budget: float, method: str) -> list[sc.Family]
     return families(W, base, n_factors, patterns, baselines, ladder=steps, spectrum_top=min(W.size, 8 * base))
 
 
+def aligned(a: Any) -> np.ndarray:
+    """``a`` as an aligned, C-contiguous numpy array (a copy only when it is not one already)."""
+    return np.require(a, requirements=["C", "A"])
+
+
 # --- plain data --------------------------------------------------------------------------------
 def family_to_plain(fam: sc.Family) -> dict[str, Any]:
     """A family as JSON-ready values and numpy arrays (the CP init factors as a list of arrays)."""
@@ -106,11 +111,11 @@ def family_from_plain(data: Mapping[str, Any]) -> sc.Family:
         for item in data["extra"]:
             opts = dict(item)
             if "init" in opts:
-                weights, *factors = opts["init"]
+                weights, *factors = (aligned(a) for a in opts["init"])
                 opts["init"] = CPTensor((weights, list(factors)))
             extra.append(opts)
-    return sc.Family(Structure.from_dict(data["structure"]), data["kind"], data["params"], data["err"],
-                     data["ranks"], extra, data["baseline"])
+    return sc.Family(Structure.from_dict(data["structure"]), data["kind"], aligned(data["params"]),
+                     aligned(data["err"]), aligned(data["ranks"]), extra, data["baseline"])
 
 
 def layer_task(W: np.ndarray, budget: float, method: str, whash: str,
@@ -118,7 +123,12 @@ def layer_task(W: np.ndarray, budget: float, method: str, whash: str,
     """The work of one layer, where it runs: (families as plain data, new cache entries, hits, misses).
 
     ``known`` holds the cache entries of this weight (hash ``whash``) that the caller already has.
+    Arrays that arrive unaligned (dask hands out views into its receive buffers) are copied
+    first: numpy does not hand unaligned arrays to BLAS, and its fallback loops round
+    differently, which would make the result depend on where the task ran.
     """
+    W = aligned(W)
+    known = {key: {k: aligned(v) for k, v in entry.items()} for key, entry in (known or {}).items()}
     m = Memo(W, whash, known)
     with m.active():
         fams = layer_families(W, budget, method)
