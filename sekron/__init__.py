@@ -1,5 +1,6 @@
 """sekron: SeKron tensor decomposition, a tensor as a sequence of Kronecker products."""
 
+from .algebra import allclose, cross, inner, linear_operator
 from .conv import IMPLEMENTATIONS as CONV_IMPLEMENTATIONS
 from .conv import ConvCost, PlanCost, clear_conv_cache, conv, conv_cost
 from .conversions import (
@@ -9,7 +10,6 @@ from .conversions import (
     from_tr,
     from_tt,
     from_tucker,
-    round,
     to_cp,
     to_tr,
     to_tt,
@@ -17,6 +17,9 @@ from .conversions import (
     tt_to_tr,
     tt_to_tucker,
     tucker_to_tt,
+)
+from .conversions import (
+    round as round,  # public as sekron.round, kept out of __all__ (it would shadow the builtin)
 )
 from .decomposition import DECOMPOSITIONS, decompose
 from .io import load, save
@@ -36,22 +39,25 @@ __all__ = [
     "SeKronTensor",
     "Structure",
     "__version__",
+    "allclose",
     "clear_conv_cache",
     "conv",
     "conv_cost",
     "convert",
     "cp_to_tt",
+    "cross",
     "decompose",
     "draw",
     "from_cp",
     "from_tr",
     "from_tt",
     "from_tucker",
+    "inner",
     "kron",
+    "linear_operator",
     "load",
     "pattern_labels",
     "random_sekron",
-    "round",
     "save",
     "search",
     "sekron_to_tensor",

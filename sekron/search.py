@@ -48,6 +48,7 @@ import tensorly as tl
 from . import _search_baselines as bl
 from . import _search_scoring as sc
 from ._backend import infer_backend, using
+from ._candidates import Candidates
 from ._search_grouped import cp_rank as _cp_rank
 from ._search_grouped import whole_mode_families as _grouped
 from ._validation import check_array, check_choice
@@ -429,4 +430,4 @@ def search(weight: Any, *, ratio: float | None = None, max_params: float | None 
         raise ValueError(f"no structure of a weight of shape {W.shape} meets the budget (at most {budget:.0f} "
                          f"parameters{'' if max_macs is None else f' and {max_macs} MACs'}); the smallest "
                          f"rank-1 structure needs more; relax ratio/max_params/max_macs")
-    return sorted(out, key=_SORT_KEYS[objective])
+    return Candidates(sorted(out, key=_SORT_KEYS[objective]))
