@@ -53,11 +53,18 @@ def result_dtype(*names: str) -> str:
     return str(np.result_type(*[np.dtype(n) for n in names]))
 
 
+def backend_dtype(name: str) -> Any:
+    """The current tensorly backend's dtype called ``name`` (``tl.float64`` is numpy's whatever the backend)."""
+    from tensorly.backend import BackendManager
+
+    return getattr(BackendManager.current_backend(), name)
+
+
 def cast(x: Any, name: str) -> Any:
     """``x`` (any backend) cast to dtype ``name`` (current tensorly backend)."""
     if dtype_name(x.dtype) == name:
         return x
-    target = getattr(tl, name)
+    target = backend_dtype(name)
     if hasattr(x, "astype"):  # numpy, jax
         return x.astype(target)
     return x.to(target)  # torch
@@ -115,3 +122,17 @@ def device_of(x: Any) -> str:
         except Exception:  # pragma: no cover - tracers
             return "?"
     return "cpu"
+
+
+def on_sk_backend(func: Any) -> Any:
+    """Decorator: run ``func(sk, ...)`` under the backend of its first argument (the others may be numpy)."""
+    import functools
+
+    from .._backend import using
+
+    @functools.wraps(func)
+    def wrapper(sk: Any, *args: Any, **kwargs: Any) -> Any:
+        with using(sk._backend if isinstance(sk, SeKronTensor) else "numpy"):
+            return func(sk, *args, **kwargs)
+
+    return wrapper

@@ -33,6 +33,7 @@ from .._backend import dispatch, using
 from .._contract import contract
 from ..sekron_tensor import SeKronTensor
 from ._common import (
+    backend_dtype,
     cast_all,
     check_same_structure,
     check_sk,
@@ -117,8 +118,8 @@ def scale(a: SeKronTensor, c: Any) -> SeKronTensor:
                         "for an element-wise product with a tensor use a * b on two SeKronTensors")
     name = scalar_dtype(c, dtype_name(a.dtype))
     factors = cast_all(a.factors, name)
-    if not isinstance(c, int | float | complex):
-        c = c.item()  # numpy scalar or 0-d array of any backend
+    if hasattr(c, "item"):
+        c = c.item()  # numpy scalar or 0-d array of any backend: a Python number keeps the factors' precision
     factors[0] = factors[0] * c
     return SeKronTensor(factors, a.structure)
 
@@ -192,7 +193,11 @@ def conj(a: SeKronTensor) -> SeKronTensor:
     check_sk(a, "a")
     if "complex" not in dtype_name(a.dtype):
         return a
-    return SeKronTensor([tl.conj(f) for f in a.factors], a.structure)
+    return SeKronTensor([_resolved(tl.conj(f)) for f in a.factors], a.structure)
+
+
+def _resolved(x: Any) -> Any:
+    return x.resolve_conj() if hasattr(x, "resolve_conj") else x  # torch's lazy conjugate bit
 
 
 @dispatch
@@ -212,7 +217,7 @@ def astype(a: SeKronTensor, dtype: Any) -> SeKronTensor:
     name = dtype_name(dtype)
     try:
         np.dtype(name)
-        getattr(tl, name)
+        backend_dtype(name)
     except (TypeError, AttributeError) as exc:
         raise TypeError(f"dtype must name a float or complex dtype (e.g. 'float32', 'complex128'), got {dtype!r}"
                         ) from exc
@@ -321,8 +326,8 @@ def allclose(a: SeKronTensor, b: SeKronTensor, rtol: float = 1e-5, atol: float =
     with using(a._backend):
         a64 = SeKronTensor(cast_all(a.factors, wide), a.structure)
         b64 = SeKronTensor(cast_all(b.factors, wide), b.structure)
-    diff = float(tl.to_numpy(norm(subtract(a64, b64))))
-    ref = float(tl.to_numpy(norm(b64)))
+        diff = float(tl.to_numpy(norm(subtract(a64, b64))))
+        ref = float(tl.to_numpy(norm(b64)))
     return bool(diff <= atol + rtol * ref)
 
 

@@ -295,10 +295,11 @@ def _to_chain(cores: list[np.ndarray], st: Structure, like: Any, dtype: Any) -> 
         import tensorly as tl
 
         from .._backend import infer_backend
+        from ._common import backend_dtype
 
         with using(infer_backend(like)):
             ctx = {key: v for key, v in tl.context(like).items() if key != "requires_grad"}
-            ctx["dtype"] = getattr(tl, str(np.dtype(dtype)))
+            ctx["dtype"] = backend_dtype(str(np.dtype(dtype)))
             factors = [tl.tensor(f, **ctx) for f in factors]
         with using(infer_backend(like)):
             return SeKronTensor(factors, st)

@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from .._backend import dispatch
 from .._contract import contract
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure
-from ._common import check_sk, like_structure
+from ._common import backend_dtype, check_sk, like_structure, on_sk_backend
 
 __all__ = ["entries", "getitem"]
 
@@ -78,7 +77,7 @@ def check_multi_index(idx: Any, shape: tuple[int, ...], name: str = "idx") -> np
     return np.where(arr < 0, arr + dims, arr)
 
 
-@dispatch
+@on_sk_backend
 def entries(sk: SeKronTensor, idx: Any) -> Any:
     """The entries ``W[idx[j]]`` for an (n, N) integer array of multi-indices: n values.
 
@@ -106,7 +105,7 @@ def entries(sk: SeKronTensor, idx: Any) -> Any:
         nb = len(lab)
         flat = tl.reshape(f, (*tuple(int(s) for s in f.shape[:nb]), st.factor_sizes[k]))
         flat = tl.moveaxis(flat, nb, 0) if nb else flat
-        sel = flat[tl.tensor(dig[:, k], dtype=tl.int64, **_device(f))]  # (n, bonds...)
+        sel = flat[tl.tensor(dig[:, k], dtype=backend_dtype("int64"), **_device(f))]  # (n, bonds...)
         ops.append((batch + lab, sel))
     return contract(ops, batch)
 
@@ -150,11 +149,11 @@ def _digit_lists(sel: np.ndarray, column: list[int]) -> list[np.ndarray] | None:
 
 
 def _take(f: Any, axis: int, index: np.ndarray) -> Any:
-    key = (slice(None),) * axis + (tl.tensor(index, dtype=tl.int64, **_device(f)),)
+    key = (slice(None),) * axis + (tl.tensor(index, dtype=backend_dtype("int64"), **_device(f)),)
     return f[key]
 
 
-@dispatch
+@on_sk_backend
 def getitem(sk: SeKronTensor, key: Any) -> Any:
     """``sk[key]`` for ints, slices and ``...``: a SeKronTensor, or a 0-d array when all are ints.
 

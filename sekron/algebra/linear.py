@@ -21,7 +21,7 @@ from .._backend import dispatch, using
 from .._contract import einsum2
 from .._validation import check_array
 from ..sekron_tensor import SeKronTensor
-from ._common import check_sk, dtype_name, like_structure, result_dtype
+from ._common import backend_dtype, check_sk, dtype_name, like_structure, result_dtype
 
 __all__ = ["DENSE_LIMIT", "dense", "linear_operator", "matmul", "rmatmul", "transpose"]
 
@@ -163,7 +163,7 @@ def linear_operator(sk: SeKronTensor) -> Any:
         with using(backend):
             name = result_dtype(dtype_name(sk.dtype), str(np.asarray(v).dtype))
             ctx = {k: val for k, val in tl.context(ref).items() if k != "requires_grad"}
-            ctx["dtype"] = getattr(tl, name)
+            ctx["dtype"] = backend_dtype(name)
             return tl.tensor(np.asarray(v), **ctx)
 
     def back(y: Any) -> np.ndarray:

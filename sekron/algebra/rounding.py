@@ -92,18 +92,18 @@ def _merge(F: list[Any]) -> list[Any]:
     for r in alive:
         placed = False
         for gi, (rep, free, members) in enumerate(groups):
-            phase = []
+            phases = []
             differ = []
             for k in range(S):
                 c = np.vdot(units[k][rep], units[k][r])
                 if abs(1 - abs(c)) > thresh:
                     differ.append(k)
-                phase.append(c)
+                phases.append(c)
             if len(differ) > 1 or (len(differ) == 1 and free not in (-1, differ[0])):
                 continue
             new_free = differ[0] if differ else free
             # coefficient: term r = (prod_k norm * phase) over the representative's units
-            members.append((r, np.array(phase)))
+            members.append((r, np.array(phases)))
             groups[gi] = (rep, new_free, members)
             placed = True
             break
