@@ -6,7 +6,7 @@
   most ``(tol ||W||)^2`` (HOSVD bound), so ``||W - W_hat|| <= tol ||W||``.
 * ``cp``: CP ranks have no SVD. First, terms that are parallel in every factor but at most
   one are merged exactly (``a + a`` or ``2 a - a`` return to rank R). Then, with ``tol``,
-  the smallest rank r whose CP-ALS fit (started from the r largest terms, run on the
+  the smallest rank r (doubling, then bisection) whose CP-ALS fit (started from the r largest terms, run on the
   factors only: Gram matrices and MTTKRPs come from the factors) has a measured error
   ``||W - W_hat|| <= tol ||W||`` is kept; the error is computed exactly from inner
   products, so the guarantee holds whenever a rank is accepted. Without a fitting rank
@@ -145,7 +145,7 @@ def _cp_sq(X: list[Any], Y: list[Any]) -> complex:
     return complex(tl.to_numpy(tl.sum(out)))
 
 
-def cp_als(X: list[Any], r: int, n_iter: int = 200, rtol: float = 1e-12) -> tuple[list[Any], float]:
+def cp_als(X: list[Any], r: int, n_iter: int = 100, rtol: float = 1e-10) -> tuple[list[Any], float]:
     """Rank-r CP fit of the CP ``X`` (factors (R, P_k)), from its r largest terms; returns (factors, error^2)."""
     R = int(X[0].shape[0])
     sizes = np.prod([np.linalg.norm(tl.to_numpy(x), axis=1) for x in X], axis=0)
@@ -182,19 +182,37 @@ def round_cp(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[
     if tol is not None:
         xx = max(_cp_sq(X, X).real, 0.0)
         goal = (tol * math.sqrt(xx)) ** 2
-        found = False
-        for r in range(1, cap + 1):
-            if r == R:
-                out, found = X, True
-                break
+        fits: dict[int, list[Any]] = {}
+
+        def fit(r: int) -> bool:
+            if r >= R:
+                fits[r] = X
+                return True
             Y, err2 = cp_als(X, r)
             if err2 <= goal:
-                out, found = Y, True
+                fits[r] = Y
+                return True
+            return False
+
+        lo, hi = 0, None  # ranks known to fail (lo) and to pass (hi): doubling, then bisection
+        r = 1
+        while r <= cap:
+            if fit(r):
+                hi = r
                 break
-        if not found:
+            lo, r = r, (cap if 2 * r > cap and r < cap else 2 * r)
+        if hi is None:
             out = cp_als(X, cap)[0] if cap < R else X
             warnings.warn(f"round: no cp rank up to the cap {cap} met tol={tol}; returned rank {cap}", UserWarning,
                           stacklevel=4)
+        else:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if fit(mid):
+                    hi = mid
+                else:
+                    lo = mid
+            out = fits[hi]
     elif cap < R:  # only a rank cap below the merged rank asks for a fit
         out = cp_als(X, cap)[0]
     Rn = int(out[0].shape[0])
