@@ -91,6 +91,9 @@ def matmul(sk: SeKronTensor, x: Any) -> Any:
     factors = [cast(f, name) for f in sk.factors]
     y = cast(x, name)
     S = st.n_factors
+    if S > 1 and len(set(st.labels)) == 1 and len(st.labels[0]) == 1:
+        Y = _matmul_one_bond(factors, st.factor_shapes, y, K)
+        return Y[:, 0] if len(shape) == 1 else Y
     i_lab = [chr(0xE700 + k) for k in range(S)]
     j_lab = [chr(0xE780 + k) for k in range(S)]
     kl = chr(0xE7FF)
@@ -106,6 +109,23 @@ def matmul(sk: SeKronTensor, x: Any) -> Any:
         spec, open_bonds = out, new_open
     Y = tl.reshape(Y, (M, K))
     return Y[:, 0] if len(shape) == 1 else Y
+
+
+def _matmul_one_bond(factors: list[Any], grid: Any, y: Any, K: int) -> Any:
+    """``W @ x`` when every factor carries the same single bond (cp; nested/chain/tucker with S = 2).
+
+    The classic rotating Kronecker product: Y is kept as (bond, j_k .. j_S, K, i_1 .. i_{k-1});
+    each step is one batched matmul ``Y^T F_k^T`` that consumes j_k at the front and
+    appends i_k at the back, so no transpose is ever copied.
+    """
+    R = int(factors[0].shape[0])
+    Y = tl.reshape(y, (1, grid[0][1], -1))
+    for k, F in enumerate(factors):
+        out = tl.matmul(tl.transpose(Y, (0, 2, 1)), tl.transpose(F, (0, 2, 1)))  # (R, rest, a_k)
+        nxt = grid[k + 1][1] if k + 1 < len(factors) else K
+        Y = tl.reshape(out, (R, nxt, -1))
+    M = math.prod(g[0] for g in grid)
+    return tl.transpose(tl.sum(tl.reshape(Y, (R, K, M)), axis=0), (1, 0))
 
 
 def rmatmul(sk: SeKronTensor, x: Any) -> Any:

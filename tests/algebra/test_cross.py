@@ -48,7 +48,7 @@ def test_cross_torch_function_and_info() -> None:
     torch = pytest.importorskip("torch")
     st = Structure([(4, 4), (4, 4), (4, 4)], "chain")  # 64 x 64
 
-    def fn(idx: np.ndarray):  # noqa: ANN202 - a torch function
+    def fn(idx: np.ndarray):
         x = torch.as_tensor(idx, dtype=torch.float32) / 63
         return torch.exp(-x[:, 0] * x[:, 1])
 
