@@ -30,7 +30,7 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import dispatch, using
-from .._contract import contract
+from ..linalg.contract import contract
 from ..sekron_tensor import SeKronTensor
 from ._common import (
     backend_dtype,

@@ -390,7 +390,7 @@ def cross(fn: Callable[[np.ndarray], Any], structure: Structure, *, tol: float =
     cores = [c.astype(work) for c in cores]
     if len(P) > 1:
         from .._backend import using
-        from .._tt_ops import tt_round
+        from ..linalg.tt import tt_round
 
         with using("numpy"):
             cores, _ = tt_round(cores, [cap] * (len(P) - 1), 0.5 * tol_)
@@ -417,7 +417,7 @@ _CONVERT_MAX = 10 ** 7
 
 
 def _convert(sk: Any, st: Structure, tol: float, cap: int | None) -> Any:
-    from .._patterns import _route, _users, convert, round_
+    from ..conversions._patterns import _route, _users, convert, round_
 
     p_users, q_users = _users(sk.structure.labels), _users(st.labels)
     q_order = list(st.bond_labels)

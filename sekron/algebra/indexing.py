@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from .._contract import contract
+from ..linalg.contract import contract
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure
 from ._common import backend_dtype, check_sk, like_structure, on_sk_backend

@@ -18,8 +18,8 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import dispatch, using
-from .._contract import einsum2
 from .._validation import check_array
+from ..linalg.contract import einsum2
 from ..sekron_tensor import SeKronTensor
 from ._common import backend_dtype, check_sk, dtype_name, like_structure, result_dtype
 

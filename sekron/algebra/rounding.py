@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from .._svd import svd_full
-from .._truncation import Budget
-from .._tt_ops import choose_rank, constant, exact_rtol
+from ..linalg.svd import svd_full
+from ..linalg.truncation import Budget
+from ..linalg.tt import choose_rank, constant, exact_rtol
 from ..sekron_tensor import SeKronTensor
 
 

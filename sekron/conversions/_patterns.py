@@ -10,7 +10,7 @@ c it carries; a factor that carries one copy of c without using c is constant al
 Summing the target bonds then sums every source bond exactly once: the conversion is
 exact. It is possible whenever the target's bond graph joins the factors of every
 source bond, which holds for every pair of named patterns; the ranks it needs are
-MATH.md's containments (chain -> nested keeps the ranks, nested -> chain and
+the containments of docs/math.md §3 (chain -> nested keeps the ranks, nested -> chain and
 tucker -> chain take running products, anything -> cp takes the product of all ranks).
 """
 
@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ._backend import dispatch
-from ._contract import contract, einsum2
-from ._svd import svd_full
-from ._truncation import Budget, branch_mask, choose_ranks
-from ._tt_ops import constant, tt_round
-from ._typing import PATTERNS
-from ._validation import check_tol
-from .sekron_tensor import SeKronTensor
-from .structure import Structure
+from .._backend import dispatch
+from .._typing import PATTERNS
+from .._validation import check_tol
+from ..linalg.contract import contract, einsum2
+from ..linalg.svd import svd_full
+from ..linalg.truncation import Budget, branch_mask, choose_ranks
+from ..linalg.tt import constant, tt_round
+from ..sekron_tensor import SeKronTensor
+from ..structure import Structure
 
 
 def _users(labels: Sequence[str]) -> dict[str, list[int]]:
@@ -263,13 +263,13 @@ def _round_nested(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> 
 
 
 def _round_tucker(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[Any]:
-    from .algebra.rounding import round_tucker
+    from ..algebra.rounding import round_tucker
 
     return round_tucker(sk, caps, tol)
 
 
 def _round_cp(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[Any]:
-    from .algebra.rounding import round_cp
+    from ..algebra.rounding import round_cp
 
     return round_cp(sk, caps, tol)
 

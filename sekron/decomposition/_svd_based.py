@@ -1,4 +1,4 @@
-"""Per-pattern decomposition algorithms on the rearranged tensor T (MATH.md section 4).
+"""Per-pattern decomposition algorithms on the rearranged tensor T (docs/math.md §4).
 
 Each algorithm takes T of shape ``(P_1, .., P_S)`` and returns the factors in the
 SeKronTensor axis convention (see :mod:`sekron.sekron_tensor`) and the achieved
@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ._svd import SVDFunction, _ct, choose_svd, gram_eigh, gram_top, svd_full, svd_gram
-from ._svd import _eps as gram_eps
-from ._truncation import Budget, branch_mask, choose_ranks
-from .structure import Structure
+from ..linalg.svd import SVDFunction, _ct, choose_svd, gram_eigh, gram_top, svd_full, svd_gram
+from ..linalg.svd import _eps as gram_eps
+from ..linalg.truncation import Budget, branch_mask, choose_ranks
+from ..structure import Structure
 
 
 class Context:
