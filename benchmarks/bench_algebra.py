@@ -134,7 +134,8 @@ def bench_matmul(sizes: list[int], use_pykronecker: bool) -> list[tuple[Any, ...
                 op = ops[0] + ops[1]
                 assert np.linalg.norm(np.asarray(op @ x) - W @ x) <= 1e-8 * np.linalg.norm(W @ x)
                 t_pk = _median_time(lambda op=op, x=x: op @ x, 20)
-            label = f"{len(grid)} factors {grid[0][0]}x{grid[0][1]}"
+            same = len(set(grid)) == 1
+            label = f"{len(grid)} x ({grid[0][0]}x{grid[0][1]})" if same else " . ".join(f"{a}x{b}" for a, b in grid)
             rows.append((n, label, t_sk, t_dense, t_pk, t_dense / t_sk, t_pk / t_sk))
             del W
     return rows
