@@ -33,7 +33,7 @@ def keys(draw: hst.DrawFn, shape: tuple[int, ...]) -> tuple:
     return tuple(out)
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(data=hst.data(), grid=grids(min_factors=1, max_factors=3, max_order=3, max_size=300, max_cell=4),
        pattern=hst.sampled_from(PATTERNS))
 def test_getitem_matches_dense(data: hst.DataObject, grid: tuple, pattern: str) -> None:
@@ -66,7 +66,7 @@ CASES += [("jax", "float64", "chain"), ("jax", "float64", "tucker")]  # jax comp
 def test_entries_and_slices_backends(name: str, dtype: str, pattern: str) -> None:
     if name == "jax":
         pytest.importorskip("jax")
-    st = Structure([(2, 3, 1), (3, 2, 2), (2, 1, 2)], pattern)
+    st = Structure([(2, 3, 1), (3, 1, 2), (1, 2, 2)], pattern)  # the grid of test_arithmetic (jax reuses its kernels)
     sk = make(st, 2, 0, Backend(name), dtype)
     W = dense(sk)
     rng = np.random.default_rng(0)

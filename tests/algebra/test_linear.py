@@ -14,7 +14,7 @@ import sekron
 from sekron import SeKronTensor, Structure
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(rows=hst.lists(hst.tuples(hst.integers(1, 4), hst.integers(1, 4)), min_size=1, max_size=4),
        pattern=hst.sampled_from(PATTERNS), r=hst.integers(1, 3), K=hst.integers(1, 3))
 def test_matmul_matches_dense(rows: list, pattern: str, r: int, K: int) -> None:
