@@ -372,7 +372,8 @@ def search(weight: Any, *, ratio: float | None = None, max_params: float | None 
     Returns
     -------
     list of Candidate
-        Sorted by ``objective``; one entry per (structure, pattern), all within budget.
+        Sorted by ``objective``; one entry per (structure, pattern), all within budget. A
+        ``list`` subclass that prints as a table and has ``to_pandas()``.
 
     Raises
     ------
