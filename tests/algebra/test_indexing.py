@@ -59,7 +59,7 @@ def test_getitem_matches_dense(data: hst.DataObject, grid: tuple, pattern: str) 
 
 CASES = [(n, d, p) for p in PATTERNS
          for n, d in [("numpy", "float32"), ("numpy", "complex128"), ("pytorch", "float64"), ("pytorch", "complex128")]]
-CASES += [("jax", "float64", "chain"), ("jax", "float64", "tucker")]  # jax compiles every shape: two patterns
+CASES += [("jax", "float64", "nested"), ("jax", "float64", "cp")]  # jax compiles every shape: two patterns here
 
 
 @pytest.mark.parametrize(("name", "dtype", "pattern"), CASES)
