@@ -89,6 +89,11 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
     >>> sk.rank, err < 1e-12
     ({'a': 1}, True)
     """
+    if type(tensor).__module__.startswith("dask."):  # out of core: the first cut is streamed (sekron._dask)
+        from ._dask import decompose_dask
+
+        return decompose_dask(tensor, structure, rank, tol=tol, svd=svd, random_state=random_state,
+                              return_error=return_error, **options)
     check_array(tensor, "tensor")
     st = _as_structure(structure)
     shape = tuple(int(s) for s in tensor.shape)
