@@ -424,3 +424,52 @@ def decompose_dask(x: Any, structure: Structure | Sequence[Sequence[int]], rank:
     if not return_error:
         return sk
     return sk, (math.sqrt(max(budget.spent, 0.0)) / norm if norm > 0 else 0.0)
+
+
+def lazy_low_rank(structure: Structure | Sequence[Sequence[int]], rank: int, *, noise: float = 0.01,
+                  chunks: Any = "auto", dtype: Any = "float32", seed: int = 0) -> Any:
+    """A lazily generated dask array: a sum of ``rank`` Kronecker products plus noise.
+
+    Entry ``i`` is ``sum_r prod_n g_{r,n}[i_n] + noise * e_i``, where each mode vector
+    ``g_{r,n} = kron_k u_{r,k,n}`` is a Kronecker product of random vectors of the factor
+    sizes ``structure.factor_shapes[k][n]`` (entries of mean square 1) and ``e`` is
+    uniform noise of variance 1, so every unfolding of the rearranged tensor has rank ``rank`` plus
+    the noise, of relative size about ``noise / sqrt(rank)``. Every chunk is computed on demand
+    from ``seed`` and its position; nothing of the size of the tensor is ever held. Used
+    by the tests and ``benchmarks/bench_dask.py``.
+    """
+    import dask.array as da
+
+    st = _as_structure(structure)
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(seed)
+    vectors = []
+    for n in range(st.order):
+        g = np.ones((rank, 1))
+        for fshape in st.factor_shapes:
+            u = rng.standard_normal((rank, fshape[n]))
+            u *= math.sqrt(fshape[n]) / np.linalg.norm(u, axis=1, keepdims=True)
+            g = (g[:, :, None] * u[:, None, :]).reshape(rank, -1)
+        vectors.append(g.astype(dt))
+
+    def block(block_info: Any = None) -> np.ndarray:
+        info = block_info[None]
+        loc = info["array-location"]
+        half = st.order // 2
+        sides = []
+        for modes in (range(half), range(half, st.order)):  # the rank-r sum as one (m1 x r) @ (r x m2) product
+            side = np.ones((rank, 1), dtype=dt)
+            for n in modes:
+                start, stop = loc[n]
+                side = (side[:, :, None] * vectors[n][:, None, start:stop]).reshape(rank, -1)
+            sides.append(side)
+        out = (sides[0].T @ sides[1]).reshape(tuple(stop - start for start, stop in loc))
+        if noise:  # uniform noise of variance noise**2: cheaper to draw than a normal one
+            e = np.random.default_rng([seed, *info["chunk-location"]]).random(out.shape, dtype=dt)
+            e -= dt.type(0.5)
+            e *= dt.type(noise * math.sqrt(12.0))
+            out += e
+        return out
+
+    normalized = da.core.normalize_chunks(chunks, st.shape, dtype=dt)
+    return da.map_blocks(block, chunks=normalized, dtype=dt, meta=np.empty((0,) * st.order, dtype=dt))
