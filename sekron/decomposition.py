@@ -51,7 +51,9 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
     Parameters
     ----------
     tensor : array of shape ``structure.shape``
-        Floating or complex; any tensorly backend. It is never modified.
+        Floating or complex; any tensorly backend. It is never modified. A
+        ``dask.array.Array`` is decomposed out of core (nested, chain, ring, tucker; see
+        docs/dask.md): the first cut streams over its chunks, the rest runs in memory.
     structure : Structure or list of factor shapes
         A plain list means the ``nested`` pattern.
     rank : None, int, sequence of int, or {label: int}
