@@ -267,7 +267,7 @@ def _second_pass(layout: _Layout, U: np.ndarray, n: int) -> np.ndarray:
     import dask
 
     groups = layout.groups()
-    parts = list(dask.compute(*_block_tasks(layout, _project_block, U)))
+    parts = list(dask.compute(*_block_tasks(layout, _project_block, dask.delayed(U, pure=True))))
     C = np.empty((int(U.shape[1]), n), dtype=np.result_type(U.dtype, parts[0].dtype))
     for i, group in enumerate(groups):
         C[:, layout.columns(group)] = parts[i]
@@ -353,10 +353,13 @@ def decompose_dask(x: Any, structure: Structure | Sequence[Sequence[int]], rank:
     x twice (Gram or TSQR, then the projection) under the active dask scheduler.
     """
     import dask
+    import dask.array as da
     from dask.utils import parse_bytes
 
     from .decomposition import DECOMPOSITIONS
 
+    if not isinstance(x, da.Array):
+        raise TypeError(f"a dask tensor must be a dask.array.Array, got {type(x).__name__}; use dask.array")
     st = _as_structure(structure)
     _check_inputs(x, st, svd, options)
     tol = check_tol(tol)

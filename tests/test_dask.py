@@ -181,6 +181,8 @@ def test_errors() -> None:
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         sekron.decompose(bad, FS, rank=2)
+    with pytest.raises(TypeError, match=r"dask\.array\.Array"):
+        sekron.decompose(dask.delayed(W), FS, rank=2)
     np.testing.assert_array_equal(np.asarray(x), W)  # never modified
 
 
@@ -192,7 +194,7 @@ def test_two_worker_local_cluster() -> None:
     st = Structure(FS, "chain")
     W = low_rank(st, "float64")
     x = da.from_array(W, chunks=(2, 3, 1))
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
             distributed.Client(lc) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         check_same(W, x, st, "float64", tol=0.05)
@@ -242,3 +244,16 @@ def test_lazy_tensor_peak_memory() -> None:
     assert int(nbytes) == 2**29
     assert int(grown) < 2**28, f"peak RSS grew by {int(grown) / 2**20:.0f} MiB"
     assert int(r) == 3 and float(err) <= 0.05
+
+
+def test_docs_page_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zarr and cluster examples of docs/dask.md run and their assertions hold."""
+    pytest.importorskip("zarr")
+    pytest.importorskip("distributed")
+    import re
+
+    text = (ROOT / "docs" / "dask.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
+    assert "from_zarr" in code and "Client" in code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/dask.md", "exec"), {"__name__": "docs_example"})
