@@ -10,7 +10,7 @@ over the chunks of ``x``:
 1. the Gram matrix ``G = M M^H`` (or, for the precise path, the R factor of a TSQR of
    ``M^H``), summed over column blocks of ``M`` in a tree;
 2. after the first factor ``U`` (``P_1 x R_1``) and its rank are chosen from ``G`` with
-   sekron's own truncation rule (:func:`sekron._truncation.choose_ranks`), the projection
+   sekron's own truncation rule (:func:`sekron.linalg.choose_ranks`), the projection
    ``C = U^H M``, one column block at a time.
 
 ``C`` is ``P_1 / R_1`` times smaller than the tensor; it is gathered into memory and the
@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from ._algorithms import Context
 from ._backend import using
-from ._svd import _eps, choose_svd, svd_gram
-from ._truncation import Budget, choose_ranks
 from ._validation import check_float_dtype, check_tol
+from .decomposition._svd_based import Context
+from .linalg.svd import _eps, choose_svd, svd_gram
+from .linalg.truncation import Budget, choose_ranks
 from .sekron_tensor import SeKronTensor, _as_structure
 from .structure import Structure
 

@@ -92,7 +92,7 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
     ({'a': 1}, True)
     """
     if type(tensor).__module__.startswith("dask."):  # out of core: the first cut is streamed (sekron._dask)
-        from ._dask import decompose_dask
+        from .._dask import decompose_dask
 
         return decompose_dask(tensor, structure, rank, tol=tol, svd=svd, random_state=random_state,
                               return_error=return_error, **options)
