@@ -224,25 +224,32 @@ def test_import_sekron_does_not_import_dask() -> None:
 
 
 def test_lazy_tensor_peak_memory() -> None:
-    """A lazily generated 512 MiB tensor decomposes with the peak RSS growing by less than half of it.
+    """A lazily generated 512 MiB tensor decomposes with the peak RSS growing by less than half of it (and > 0).
 
     The issue's 2 GiB tensor with a 1 GiB bound runs in ``benchmarks/bench_dask.py`` (about
     a minute on two free cores); here the same check is scaled down to stay fast.
     """
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads the peak RSS (VmHWM) from /proc")
     out = run_python("""
-        import resource, dask, sekron
+        import dask, sekron
         from sekron._dask import lazy_low_rank
+
+        def peak_rss():  # this process's own peak; ru_maxrss would include pytest's, inherited over exec
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+
         st = sekron.Structure([(2,) * 7, (4, 8, 8, 8, 8, 8, 8)])  # (8, 16, ..., 16) float32: 512 MiB
         x = lazy_low_rank(st, 3, noise=0.01, chunks=(1, 1, 1, 8, 16, 16, 16), dtype="float32")
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = peak_rss()
         with dask.config.set(scheduler="threads", num_workers=2):
             sk, err = sekron.decompose(x, st, tol=0.05, return_error=True)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(x.nbytes, (peak - base) * 1024, sk.rank["a"], err)
+        print(x.nbytes, peak_rss() - base, sk.rank["a"], err)
     """)
     nbytes, grown, r, err = out.split()
     assert int(nbytes) == 2**29
-    assert int(grown) < 2**28, f"peak RSS grew by {int(grown) / 2**20:.0f} MiB"
+    assert 0 < int(grown) < 2**28, f"peak RSS grew by {int(grown) / 2**20:.0f} MiB"
     assert int(r) == 3 and float(err) <= 0.05
 
 
