@@ -10,7 +10,7 @@ c it carries; a factor that carries one copy of c without using c is constant al
 Summing the target bonds then sums every source bond exactly once: the conversion is
 exact. It is possible whenever the target's bond graph joins the factors of every
 source bond, which holds for every pair of named patterns; the ranks it needs are
-MATH.md's containments (chain -> nested keeps the ranks, nested -> chain and
+the containments of docs/math.md §3 (chain -> nested keeps the ranks, nested -> chain and
 tucker -> chain take running products, anything -> cp takes the product of all ranks).
 """
 

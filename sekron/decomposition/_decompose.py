@@ -1,7 +1,7 @@
 """``decompose``: any tensor to SeKron form, by the pattern's classical algorithm on R(W).
 
 The registry :data:`DECOMPOSITIONS` maps each named bond pattern to its algorithm
-(MATH.md section 4); :data:`sekron.linalg.svd.SVD_FUNCTIONS` holds the SVD variants.
+(docs/math.md §4); :data:`sekron.linalg.svd.SVD_FUNCTIONS` holds the SVD variants.
 """
 
 from __future__ import annotations
