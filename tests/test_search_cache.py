@@ -173,3 +173,21 @@ def test_unaligned_weight_gives_the_same_families() -> None:
     here, _, _, _ = layer_task(W, W.size / 4, "sekron", weight_hash(W), {})
     there, _, _, _ = layer_task(U, W.size / 4, "sekron", weight_hash(W), {})
     _same_families([family_from_plain(p) for p in there], [family_from_plain(p) for p in here])
+
+
+def test_damaged_disk_cache_is_recomputed(tmp_path) -> None:
+    first = SearchCache(tmp_path)
+    with first.using(W):
+        cold = layer_families(W, W.size / 5, "sekron")
+    folder = tmp_path / weight_hash(W)
+    index = json.loads((folder / "index.json").read_text())
+    names = sorted(index["entries"].values())
+    (folder / names[0]).write_bytes(b"not an npz")  # a truncated file
+    key = next(iter(index["entries"]))
+    index["entries"][key] = "../../outside.npz"  # an index pointing elsewhere is ignored
+    (folder / "index.json").write_text(json.dumps(index))
+    second = SearchCache(tmp_path)
+    with second.using(W):
+        warm = layer_families(W, W.size / 5, "sekron")
+    assert 0 < second.misses <= 2 and second.hits > 0
+    _same_families(warm, cold)

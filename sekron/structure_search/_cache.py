@@ -233,12 +233,16 @@ def _read_dir(folder: Path) -> dict[str, Entry]:
     if not isinstance(meta, dict) or meta.get("version") != VERSION:
         return {}
     out: dict[str, Entry] = {}
-    for key, name in dict(meta.get("entries", {})).items():
-        path = folder / str(name)
-        if not path.is_file():
+    entries = meta.get("entries", {})
+    for key, name in (entries.items() if isinstance(entries, dict) else []):
+        # only names this module writes: a damaged or hostile index cannot point elsewhere
+        if not isinstance(name, str) or name != _file_of(str(key)) or not (folder / name).is_file():
             continue
-        with np.load(path, allow_pickle=False) as data:
-            out[str(key)] = {k: np.array(data[k]) for k in data.files}
+        try:
+            with np.load(folder / name, allow_pickle=False) as data:
+                out[str(key)] = {k: np.array(data[k]) for k in data.files}
+        except (OSError, ValueError, KeyError, EOFError):  # unreadable: recomputed, then rewritten
+            continue
     return out
 
 
