@@ -38,6 +38,8 @@ IMPLEMENTATIONS = ("auto", "factorized", "dense")
 ORDER_SEARCH_MAX_FACTORS = 4
 #: written digit orders tried per stage (all permutations up to 4 digits)
 _MAX_PERMUTATIONS = 24
+#: modelled efficiency of a conv (n_in taps, n_out outputs per group); the planner's model
+_EFFICIENCY = cp.conv_efficiency
 _PAD_MODULES: dict[str, tuple[type[nn.Module], ...]] = {
     "zeros": (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d),
     "reflect": (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d),
@@ -183,7 +185,7 @@ def deploy_plan(factor_shapes: Sequence[Sequence[int]], labels: Sequence[str], r
                 c_out = prod(O)
                 out_el = g * c_out * math.prod(sps[i + 1])
                 macs = out_el * c_in * taps
-                here = shuffle + macs / cp.conv_efficiency(c_in * taps, c_out) + cp.MEMORY_WEIGHT * out_el
+                here = shuffle + macs / _EFFICIENCY(c_in * taps, c_out) + cp.MEMORY_WEIGHT * out_el
                 if here >= best[0]:
                     continue
                 rest, choices = go(i + 1, G + O)
@@ -294,7 +296,7 @@ def _dense_score(layer: _SeKronConvNd, spatial: Sequence[int], pads: Sequence[tu
     taps = math.prod(layer.kernel_size)
     out = math.prod((L + lo + hi - d * (K - 1) - 1) // s + 1 for L, (lo, hi), d, K, s in
                     zip(spatial, pads, layer.dilation, layer.kernel_size, layer.stride))
-    return F * out * Cg * taps / cp.conv_efficiency(Cg * taps, F) + cp.MEMORY_WEIGHT * F * out
+    return F * out * Cg * taps / _EFFICIENCY(Cg * taps, F) + cp.MEMORY_WEIGHT * F * out
 
 
 def _conv_stages(layer: _SeKronConvNd, order: tuple[int, ...], dense_if_cheaper: bool = False) -> nn.Module:
@@ -306,7 +308,7 @@ def _conv_stages(layer: _SeKronConvNd, order: tuple[int, ...], dense_if_cheaper:
     pads = _resolve_pads(layer)
     nominal = tuple(max(32, 2 * d * (K - 1) + 2) for d, K in zip(layer.dilation, layer.kernel_size))
     plan = _choose_plan(layer, st.factor_shapes, order, nominal, layer.stride, layer.dilation, pads, size)
-    if dense_if_cheaper and plan.score >= _dense_score(layer, nominal, pads):
+    if dense_if_cheaper and any(s.carried for s in plan.stages) and plan.score >= _dense_score(layer, nominal, pads):
         return layer.to_conv()
     mods: list[nn.Module] = []
     symmetric = all(lo == hi for lo, hi in pads)
@@ -441,9 +443,11 @@ def to_standard(model: nn.Module, *, implementation: str = "auto") -> nn.Module:
     model : torch.nn.Module
         A SeKron layer, or a model holding some; it is not changed.
     implementation : {"auto", "factorized", "dense"}
-        "auto" keeps each layer's own plan (``layer.implementation``); "factorized" or
-        "dense" forces that plan on every layer (layers with ``groups > 1`` always
-        deploy as one grouped conv).
+        "auto" keeps each layer's own plan (``layer.implementation``), except that a
+        factorized layer whose stages can only be laid out with carried digits (more
+        MACs than its plan) and are then modelled slower than one dense conv deploys
+        dense; "factorized" or "dense" forces that plan on every layer (layers with
+        ``groups > 1`` always deploy as one grouped conv).
 
     Returns
     -------
