@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import _conv_plan as cp
+from ..convolution import _plan as cp
 from .layers import SeKronConv1d, SeKronConv2d, SeKronConv3d, SeKronLinear, _plan, _SeKronBase, _SeKronConvNd
 
 IMPLEMENTATIONS = ("auto", "factorized", "dense")
