@@ -483,23 +483,14 @@ def to_standard(model: nn.Module, *, implementation: str = "auto") -> nn.Module:
         out.train(model.training)
         _register_onnx_channel_shuffle(out)
         return out
-    names = [name for name, mod in model.named_modules() if isinstance(mod, _SeKronBase)]
-    replacements = {name: standard_layer(model.get_submodule(name), implementation) for name in names}
-    for mod in replacements.values():
-        _register_onnx_channel_shuffle(mod)
-    clone = _copy_without(model, set(names))
-    for name, mod in replacements.items():
-        mod.train(model.get_submodule(name).training)
-        clone.set_submodule(name, mod)
+    layers = {name: mod for name, mod in model.named_modules(remove_duplicate=False) if isinstance(mod, _SeKronBase)}
+    deployed: dict[int, nn.Module] = {}  # one copy per layer object: a layer used twice stays shared
+    for layer in layers.values():
+        if id(layer) not in deployed:
+            deployed[id(layer)] = standard_layer(layer, implementation).train(layer.training)
+            _register_onnx_channel_shuffle(deployed[id(layer)])
+    clone = copy.deepcopy(model, {id(layer): deployed[id(layer)] for layer in layers.values()})
     return clone
-
-
-def _copy_without(model: nn.Module, names: set[str]) -> nn.Module:
-    """``copy.deepcopy(model)`` that does not copy the SeKron layers about to be replaced."""
-    memo: dict[int, Any] = {}
-    for name in names:
-        memo[id(model.get_submodule(name))] = nn.Identity()
-    return copy.deepcopy(model, memo)
 
 
 _ONNX_SHUFFLE_REGISTERED = False

@@ -218,6 +218,17 @@ def test_model_copy_is_plain_and_input_untouched(monkeypatch: pytest.MonkeyPatch
         _close(plain(x), net(x))
 
 
+def test_shared_layer_stays_shared() -> None:
+    layer = SeKronConv2d.from_conv(nn.Conv2d(8, 8, 3, padding=1), [(1, 8, 1, 1), (8, 1, 3, 3)], rank=2,
+                                   implementation="factorized")
+    net = nn.Sequential(layer, nn.ReLU(), layer)
+    plain = to_standard(net)
+    assert plain[0] is plain[2] and isinstance(plain[0], nn.Sequential)
+    x = torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        _close(plain(x), net(x))
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         to_standard("model")  # type: ignore[arg-type]
@@ -380,3 +391,12 @@ def test_cli_writes_onnx(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         want = small(x).numpy()
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+
+
+def test_deployment_page_example_runs() -> None:
+    import re
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
+    code = "\n".join(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S))
+    assert "to_standard" in code
+    exec(compile(code, str(page), "exec"), {"__name__": "docs_example"})
