@@ -101,18 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_onnx(model: nn.Module, path: str, input_shape: Sequence[int]) -> None:
+def write_onnx(model: nn.Module, path: str, input_shape: Sequence[int], dynamo: bool | None = None) -> None:
     """Export ``to_standard(model)`` in eval mode to ``path`` for inputs of ``input_shape`` (any batch size).
 
-    The dynamo exporter runs when ``onnxscript`` is installed, torch's TorchScript-based
-    exporter otherwise.
+    ``dynamo=None`` takes the dynamo exporter when ``onnxscript`` is installed, torch's
+    TorchScript-based exporter otherwise.
     """
     from .export import to_standard
 
     plain = to_standard(model).eval()
     param = next(plain.parameters())
     x = torch.zeros(tuple(input_shape), dtype=param.dtype, device=param.device)
-    dynamo = importlib.util.find_spec("onnxscript") is not None
+    if dynamo is None:
+        dynamo = importlib.util.find_spec("onnxscript") is not None
     with torch.no_grad():
         names: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"]}
         if dynamo:

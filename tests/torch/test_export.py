@@ -400,3 +400,22 @@ def test_deployment_page_example_runs() -> None:
     code = "\n".join(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S))
     assert "to_standard" in code
     exec(compile(code, str(page), "exec"), {"__name__": "docs_example"})
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_write_onnx_any_batch(dynamo: bool, tmp_path: Path) -> None:
+    _need("onnx", "onnxruntime", *(["onnxscript"] if dynamo else []))
+    import numpy as np
+    import onnxruntime as ort
+
+    from sekron.torch.cli import write_onnx
+
+    net = _model()
+    write_onnx(net, str(tmp_path / "m.onnx"), (1, 3, 8, 8), dynamo=dynamo)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 8, 8)
+        got = sess.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            want = net(x).numpy()
+        assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
