@@ -6,7 +6,7 @@ parameter count and its relative error. How the errors are obtained:
 - ``spectrum`` (S = 2 any pattern, S = 3 nested / chain / tucker): from singular
   values only, never a reconstruction. With rank caps (and no ``tol``) ``decompose``
   keeps ``min(cap, k)`` terms on every branch, and its squared error is the sum of the
-  discarded squared singular values (MATH.md section 4). S = 2: the tail of the
+  discarded squared singular values (docs/math.md §4). S = 2: the tail of the
   spectrum of ``R(W)`` as a ``(P_1, P_2)`` matrix. S = 3: the level-1 split
   ``(P_1 | P_2 P_3)`` gives ``s`` and the carried rows ``C_r = s_r v_r``; then
   nested adds each branch's tail of ``C_r`` as a ``(P_2, P_3)`` matrix, chain (TT-SVD)
