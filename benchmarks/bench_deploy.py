@@ -512,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       flush=True)
     result |= {"layers": layer_rows, "models": model_rows, "ddddocr": [
         {k: v for k, v in r.items() if k != "path"} for r in dddd]}
-    md = [f"`python benchmarks/bench_deploy.py{' --quick' if args.quick else ''} --threads {args.threads}` "
+    md = ["# Deployment benchmark", ""]
+    md += [f"`python benchmarks/bench_deploy.py{' --quick' if args.quick else ''} --threads {args.threads}` "
           f"(torch {torch.__version__}, onnxruntime {_ort_version()}, {args.threads} threads, median of {rounds} "
           "interleaved rounds; the machine was shared, so the figures are noisy).", ""]
     if layer_rows or model_rows:
