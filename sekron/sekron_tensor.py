@@ -21,11 +21,8 @@ import tensorly as tl
 
 from ._backend import dispatch, infer_backend, using
 from ._validation import check_array
-from .linalg.contract import contract, einsum2
+from .linalg.contract import LabelAllocator, contract, einsum2
 from .structure import Structure
-
-_DIGIT_BASE = 0xE000  # private-use characters label the digit axes in contractions
-_PRIME_BASE = 0xF0000  # and the primed (conjugate) copy of each bond in norm()
 
 
 def _as_structure(structure: Any) -> Structure:
@@ -192,16 +189,13 @@ class SeKronTensor:
         return "\n".join([head, *rows]) + ")"
 
 
-def _digit(k: int) -> str:
-    return chr(_DIGIT_BASE + k)
-
-
-def _flat_operands(sk: SeKronTensor) -> list[tuple[str, Any]]:
+def _flat_operands(sk: SeKronTensor, digits: str) -> list[tuple[str, Any]]:
+    """Factor k as (its bonds, ``digits[k]``): the digit axes flattened into one."""
     st = sk.structure
     ops = []
     for k, (f, labels) in enumerate(zip(sk.factors, st.labels)):
         bond_shape = tuple(int(s) for s in f.shape[: len(labels)])
-        ops.append((labels + _digit(k), tl.reshape(f, (*bond_shape, st.factor_sizes[k]))))
+        ops.append((labels + digits[k], tl.reshape(f, (*bond_shape, st.factor_sizes[k]))))
     return ops
 
 
@@ -220,8 +214,8 @@ def sekron_to_tensor(sk: SeKronTensor) -> Any:
     if not isinstance(sk, SeKronTensor):
         raise TypeError(f"expected a SeKronTensor, got {type(sk).__name__}")
     st = sk.structure
-    out = "".join(_digit(k) for k in range(st.n_factors))
-    T = contract(_flat_operands(sk), out)
+    out = LabelAllocator(st.labels).many(st.n_factors)
+    T = contract(_flat_operands(sk, out), out)
     return st.unrearrange(T)
 
 
@@ -231,10 +225,12 @@ def _norm(sk: SeKronTensor) -> Any:
     bond_cells = math.prod(sk.rank.values())
     if bond_cells * bond_cells > math.prod(st.shape):
         return tl.norm(tl.reshape(sk.to_tensor(), (-1,)))
+    lab = LabelAllocator(st.labels)
+    digits, prime = lab.many(st.n_factors), {c: lab.new() for c in st.bond_labels}
     grams = []
-    for spec, f in _flat_operands(sk):
+    for spec, f in _flat_operands(sk, digits):
         bonds = spec[:-1]
-        primed = "".join(chr(_PRIME_BASE + ord(c)) for c in bonds)
+        primed = "".join(prime[c] for c in bonds)
         g = einsum2(spec, f, primed + spec[-1], tl.conj(f), bonds + primed)
         grams.append((bonds + primed, g))
     sq = contract(grams, "")

@@ -96,6 +96,31 @@ def test_custom_labels_reconstruct_like_einsum(labels: list[str]) -> None:
     np.testing.assert_allclose(sk.norm(), np.linalg.norm(sk.to_tensor()), rtol=1e-12)
 
 
+@pytest.mark.parametrize("labels", [["\ue000\ue001", "\ue000", "\ue001"], ["\ue000a", "a\ue400", "\ue400\ue000"],
+                                    ["\ue000\ue800\uf100", "\ue000\ue800\uf100"]])
+def test_private_use_labels_do_not_collide(labels: list[str]) -> None:
+    """Bond labels in the private-use area (where internal einsum labels live) still give the right tensor."""
+    import sekron
+    from sekron.conversions import convert, to_tt
+    from sekron.conversions import round as sk_round
+
+    grid = [(2, 3, 1, 2), (3, 1, 2, 1), (1, 2, 2, 2)][: len(labels)]
+    st = Structure(grid, labels=labels)
+    sk = random_sekron(st, {c: 2 for c in st.bond_labels}, random_state=7)
+    W = brute_to_tensor(list(sk.factors), st)
+    assert_close(sk.to_tensor(), W)
+    np.testing.assert_allclose(sk.norm(), np.linalg.norm(W), rtol=1e-12)
+    assert_close(tl.tt_to_tensor(to_tt(sk)), W, rtol=1e-10)
+    nested = convert(sk, "nested")
+    assert_close(nested.to_tensor(), W, rtol=1e-10)
+    assert_close(sk_round(nested).to_tensor(), W, rtol=1e-10)
+    x = np.random.default_rng(0).standard_normal((1, W.shape[1], 5, 5))
+    ref = sekron.conv(x, SeKronTensor([np.asarray(W)], [W.shape]), padding=1)  # one factor: the dense kernel
+    for implementation in ("factorized", "dense"):
+        y = sekron.conv(x, sk, padding=1, implementation=implementation)
+        assert_close(y, ref, rtol=1e-10)
+
+
 def test_norm_both_paths() -> None:
     # gram path (small bonds) and the dense fallback (bond network larger than W)
     small = random_sekron(Structure([(8, 8), (8, 8), (4, 4)], "chain"), 2)

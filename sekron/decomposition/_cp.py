@@ -52,10 +52,10 @@ def _als(T: Any, R: int, ctx: Context) -> list[Any]:
 
 
 def _cp_error_sq(T: Any, facs: list[Any]) -> float:
-    from ..linalg.contract import contract
+    from ..linalg.contract import LabelAllocator, contract
 
-    ops = [("r" + chr(0xE000 + k), f) for k, f in enumerate(facs)]
-    approx = contract(ops, "".join(chr(0xE000 + k) for k in range(len(facs))))
+    modes = LabelAllocator("r").many(len(facs))
+    approx = contract([("r" + m, f) for m, f in zip(modes, facs)], modes)
     return float(tl.to_numpy(tl.norm(tl.reshape(T - approx, (-1,))))) ** 2
 
 
