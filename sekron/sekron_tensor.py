@@ -102,6 +102,16 @@ class SeKronTensor:
         object.__setattr__(self, "_factors", checked)
         object.__setattr__(self, "_backend", backend)
 
+    @classmethod
+    def _trusted(cls, factors: Sequence[Any], st: Structure, backend: str) -> SeKronTensor:
+        """Wrap factors that an algorithm of sekron just built for ``st`` (right by construction) on
+        ``backend``: no validation and no second backend inference."""
+        self = object.__new__(cls)
+        object.__setattr__(self, "_structure", st)
+        object.__setattr__(self, "_factors", tuple(factors))
+        object.__setattr__(self, "_backend", backend)
+        return self
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("SeKronTensor is immutable; build a new one instead")
 
@@ -216,7 +226,7 @@ def sekron_to_tensor(sk: SeKronTensor) -> Any:
     st = sk.structure
     out = LabelAllocator(st.labels).many(st.n_factors)
     T = contract(_flat_operands(sk, out), out)
-    return st.unrearrange(T)
+    return st._unrearrange(T)
 
 
 @dispatch
@@ -235,14 +245,6 @@ def _norm(sk: SeKronTensor) -> Any:
         grams.append((bonds + primed, g))
     sq = contract(grams, "")
     return tl.sqrt(tl.abs(sq))
-
-
-def _check_rank_given(st: Structure, rank: Any) -> dict[str, int]:
-    caps = st.parse_rank(rank)
-    missing = [c for c, r in caps.items() if r is None]
-    if missing:
-        raise ValueError(f"rank must give a size for every bond; bonds {missing} have none (got rank={rank!r})")
-    return {c: int(r) for c, r in caps.items() if r is not None}
 
 
 def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, random_state: Any = 0, *,
@@ -270,7 +272,7 @@ def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, ran
     [(5, 2, 3), (5, 4, 1)]
     """
     st = _as_structure(structure)
-    sizes = _check_rank_given(st, rank)
+    sizes = st._bond_sizes(rank)
     rng = np.random.default_rng(random_state)
     complex_ = "complex" in str(context.get("dtype", ""))
     name = backend or tl.get_backend()

@@ -19,7 +19,7 @@ RTOL = {"float32": 2e-4, "float64": 1e-10, "complex128": 1e-10}
 
 
 def brute_to_tensor(factors: list[np.ndarray], st: Structure) -> np.ndarray:
-    """MATH.md section 3 literally: one einsum over all bonds, then R^{-1}."""
+    """docs/math.md §3 literally: one einsum over all bonds, then R^{-1}."""
     bonds = st.bond_labels
     letters = {c: chr(ord("A") + i) for i, c in enumerate(bonds)}
     ops, specs = [], []
@@ -37,7 +37,7 @@ def assert_close(actual: object, expected: np.ndarray, rtol: float = 1e-12) -> N
 
 
 def brute_kron(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """(A kron B)[i] = A[i // b] * B[i % b], entry by entry (MATH.md section 1)."""
+    """(A kron B)[i] = A[i // b] * B[i % b], entry by entry (docs/math.md §1)."""
     out = np.zeros(tuple(a * b for a, b in zip(A.shape, B.shape)), dtype=np.result_type(A, B))
     for i in np.ndindex(*out.shape):
         out[i] = A[tuple(x // b for x, b in zip(i, B.shape))] * B[tuple(x % b for x, b in zip(i, B.shape))]
@@ -53,7 +53,7 @@ def test_to_tensor_matches_einsum_definition(grid: tuple, pattern: str, r: int) 
     assert tuple(W.shape) == st.shape
     assert_close(W, brute_to_tensor(list(sk.factors), st))
     np.testing.assert_allclose(sekron_to_tensor(sk), W, rtol=0, atol=0)
-    # n_params is the element count of the factors, and the parameter formula of MATH.md section 3
+    # n_params is the element count of the factors, and the parameter formula of docs/math.md §3
     assert sk.n_params == sum(f.size for f in sk.factors)
     assert sk.n_params == sum(r ** len(lab) * P for lab, P in zip(st.labels, st.factor_sizes))
     assert sk.rank == {c: r for c in st.bond_labels}
@@ -67,7 +67,7 @@ def test_cp_and_nested_are_sums_of_kronecker_products(S: int) -> None:
     cp = random_sekron(Structure(grid, "cp"), 3, random_state=1)
     expected = sum(_kron_all([f[r] for f in cp.factors]) for r in range(3))
     assert_close(cp.to_tensor(), expected)
-    # nested: W = sum_{r1} A1_{r1} kron sum_{r2} A2_{r1 r2} kron ... (MATH.md section 3)
+    # nested: W = sum_{r1} A1_{r1} kron sum_{r2} A2_{r1 r2} kron ... (docs/math.md §3)
     nested = random_sekron(Structure(grid, "nested"), 2, random_state=2)
     assert_close(nested.to_tensor(), _nested_sum(list(nested.factors), ()))
 

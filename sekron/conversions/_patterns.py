@@ -10,7 +10,7 @@ c it carries; a factor that carries one copy of c without using c is constant al
 Summing the target bonds then sums every source bond exactly once: the conversion is
 exact. It is possible whenever the target's bond graph joins the factors of every
 source bond, which holds for every pair of named patterns; the ranks it needs are
-MATH.md's containments (chain -> nested keeps the ranks, nested -> chain and
+the containments of docs/math.md §3 (chain -> nested keeps the ranks, nested -> chain and
 tucker -> chain take running products, anything -> cp takes the product of all ranks).
 """
 
@@ -26,14 +26,13 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import dispatch
-from .._typing import PATTERNS
 from .._validation import check_tol
 from ..linalg.contract import LabelAllocator, contract, einsum2
 from ..linalg.svd import svd_full
 from ..linalg.truncation import Budget, branch_mask, choose_ranks
-from ..linalg.tt import constant, tt_round
+from ..linalg.tt import constant, tt_norm_sq, tt_round
 from ..sekron_tensor import SeKronTensor
-from ..structure import Structure
+from ..structure import PATTERNS, Structure
 
 
 def _users(labels: Sequence[str]) -> dict[str, list[int]]:
@@ -200,9 +199,8 @@ def _round_ring(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> li
     cores[0] = tl.reshape(cores[0], (1, Rz * P[0], r1))
     cores[-1] = tl.reshape(cores[-1], (rl, P[-1] * Rz, 1))
     if tol is not None:
-        from ._cp_tt import _tt_norm_sq
 
-        open_norm = math.sqrt(_tt_norm_sq(cores))
+        open_norm = math.sqrt(tt_norm_sq(cores))
         w_norm = float(tl.to_numpy(sk.norm()))
         tol = tol * w_norm / (math.sqrt(Rz) * open_norm) if open_norm > 0 else tol
     out, _ = tt_round(cores, [caps[c] for c in bonds[1:]], tol)

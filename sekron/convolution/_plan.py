@@ -2,7 +2,7 @@
 
 A plan is pure bookkeeping over shapes (no arrays): which factor each stage applies,
 how the intermediate's labelled axes are permuted and grouped for one batched,
-grouped convolution, and what that costs (MATH.md section 6).
+grouped convolution, and what that costs (docs/math.md §6).
 
 Axis labels of the intermediate tensor: ``"B"`` (the batch), ``"c<k>"`` (input channel
 digit of factor k, not yet contracted), ``"f<k>"`` (output channel digit produced by
@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from ..linalg.contract import LabelAllocator, Step, greedy_order
+from ..structure import count_params
 
 #: cost of writing or copying one element, in MAC equivalents (the planner's score)
 MEMORY_WEIGHT = 16.0
@@ -54,8 +55,7 @@ class KernelSpec:
 
     @property
     def n_params(self) -> int:
-        rank = dict(self.ranks)
-        return sum(math.prod(rank[c] for c in lab) * math.prod(s) for lab, s in zip(self.labels, self.factor_shapes))
+        return count_params(self.labels, [math.prod(s) for s in self.factor_shapes], dict(self.ranks))
 
 
 @dataclass(frozen=True)

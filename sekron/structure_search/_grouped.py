@@ -16,10 +16,19 @@ from ..structure import Structure
 from . import _baselines as bl
 from . import _scoring as sc
 
+#: cp (ALS, the costliest scorer) is scored only at budgets up to this multiple of the target
+#: budget: the larger budgets of a ladder serve the frontier, where cp is rarely chosen
+CP_BUDGET_FACTOR = 2.0
+
 
 def cp_rank(st: Structure, budget: float) -> int:
     """Largest cp rank of ``st`` within ``budget`` parameters."""
     return int(budget // sum(st.factor_sizes))
+
+
+def cp_ranks(st: Structure, budgets: Sequence[float], budget: float) -> list[int]:
+    """The cp ranks of ``st`` worth scoring: one per budget of the ladder up to ``CP_BUDGET_FACTOR * budget``."""
+    return [cp_rank(st, b) for b in budgets if cp_rank(st, b) >= 1 and b <= CP_BUDGET_FACTOR * budget]
 
 
 def spatial_grouped(shape: tuple[int, ...], n_factors: int) -> list[tuple[tuple[int, ...], ...]]:
@@ -52,7 +61,7 @@ def whole_mode_families(W: np.ndarray, budget: float, budgets: Sequence[float], 
             fams.append(fam)
         if "cp" in patterns:
             st = Structure(grid, "cp")
-            ranks = [cp_rank(st, b) for b in budgets if cp_rank(st, b) >= 1 and b <= 2 * budget]
+            ranks = cp_ranks(st, budgets, budget)
             if ranks:
                 fams.append(sc.cp_family(W, st, ranks))
     return fams
