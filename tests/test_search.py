@@ -222,7 +222,7 @@ def test_split_screen_keeps_the_best_refinement(monkeypatch: pytest.MonkeyPatch)
 def test_whole_mode_grids_are_searched_and_exact() -> None:
     """CP and Tucker of the kernel seen as (F, C, kh*kw) are candidates, with reproducible errors."""
     from sekron.structure import Structure
-    from sekron.structure_search._baselines import grouped_grids, set_partitions
+    from sekron.structure_search._grouped import grouped_grids, set_partitions
 
     assert len(set_partitions(range(4), 2)) == 7 and len(set_partitions(range(4), 3)) == 6
     assert ((6, 1, 1, 1), (1, 5, 1, 1), (1, 1, 3, 3)) in grouped_grids((6, 5, 3, 3), 3)

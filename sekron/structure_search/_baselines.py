@@ -14,7 +14,6 @@ the leftover parameters filled one bond at a time (:func:`fit_caps`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -175,65 +174,3 @@ def matched_profile(sp: Spectra, st: Structure, budget: float) -> dict[str, int]
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if st.n_params(profile(sp, st, mid)) > budget else (lo, mid)
     return profile(sp, st, lo)
-
-
-def single_blas_thread() -> Any:
-    """Limit BLAS/LAPACK to one thread (threadpoolctl, when installed) for the search's many small eigh/QR calls.
-
-    OpenBLAS's threaded symmetric eigensolvers synchronise per column: on a busy machine a
-    512 x 512 ``eigh`` costs ~100x more CPU with two threads than with one.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> with single_blas_thread():
-    ...     w = np.linalg.eigvalsh(np.eye(3))
-    >>> w.tolist()
-    [1.0, 1.0, 1.0]
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional dependency
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def set_partitions(items: Sequence[int], blocks: int) -> list[list[list[int]]]:
-    """Partitions of ``items`` into ``blocks`` non-empty blocks (blocks in order of their first item).
-
-    Examples
-    --------
-    >>> len(set_partitions(range(4), 3))
-    6
-    """
-    items = list(items)
-    if blocks == 0:
-        return [[]] if not items else []
-    if len(items) < blocks:
-        return []
-    first, rest = items[0], items[1:]
-    out = [[[first], *p] for p in set_partitions(rest, blocks - 1)]
-    for p in set_partitions(rest, blocks):
-        for i in range(len(p)):
-            out.append([*p[:i], [first, *p[i]], *p[i + 1:]])
-    return out
-
-
-def grouped_grids(shape: Sequence[int], n_factors: int) -> list[tuple[tuple[int, ...], ...]]:
-    """Grids in which every factor owns whole modes, and some factor owns two or more.
-
-    These are the classical formats of a reshaped weight, e.g. CP of a kernel
-    ``(F, C, kh, kw)`` seen as ``(F, C, kh*kw)``: ``(F,1,1,1) x (1,C,1,1) x (1,1,kh,kw)``.
-
-    Examples
-    --------
-    >>> grouped_grids((4, 5, 3, 3), 3)[0]
-    ((4, 1, 1, 1), (1, 5, 1, 1), (1, 1, 3, 3))
-    """
-    live = [n for n, d in enumerate(shape) if d > 1]
-    out = []
-    for part in sorted(set_partitions(live, n_factors), key=lambda p: [len(b) for b in p]):
-        if all(len(block) <= 1 for block in part):
-            continue
-        out.append(tuple(tuple(shape[n] if n in block else 1 for n in range(len(shape))) for block in part))
-    return out

@@ -26,7 +26,7 @@ Search space (for a weight of shape ``(d_1, .., d_N)``, e.g. a conv kernel ``(F,
    TT / TR / Tucker ranks from the unfolding spectra matched to the budget, then one exact
    ``decompose`` (:mod:`sekron.structure_search._baselines`); CP by ALS.
 
-All scoring runs with BLAS limited to one thread (:func:`sekron.structure_search._baselines.single_blas_thread`):
+All scoring runs with BLAS limited to one thread (:func:`sekron._backend.single_blas_thread`):
 its many small ``eigh`` calls are far slower threaded on a busy machine.
 
 Pruning: a structure whose smallest rank exceeds the parameter budget is dropped, and
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from .._backend import infer_backend, using
+from .._backend import infer_backend, single_blas_thread, using
 from .._validation import check_array, check_choice
 from ..decomposition import decompose
 from ..sekron_tensor import SeKronTensor
@@ -271,7 +271,7 @@ def families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: S
     ``max(budget, *ladder, spectrum_top)`` parameters, and the ALS and rank-cap families are also
     evaluated at each budget of ``ladder`` (used by :func:`sekron.torch.compress`).
     """
-    with bl.single_blas_thread(), using("numpy"):  # numpy throughout, whatever tensorly's global backend
+    with single_blas_thread(), using("numpy"):  # numpy throughout, whatever tensorly's global backend
         return _families(W, budget, n_factors, patterns, baselines, ladder, spectrum_top)
 
 
