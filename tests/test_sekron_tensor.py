@@ -97,7 +97,8 @@ def test_custom_labels_reconstruct_like_einsum(labels: list[str]) -> None:
 
 
 @pytest.mark.parametrize("labels", [["\ue000\ue001", "\ue000", "\ue001"], ["\ue000a", "a\ue400", "\ue400\ue000"],
-                                    ["\ue000\ue800\uf100", "\ue000\ue800\uf100"]])
+                                    ["\ue000\ue800\uf100", "\ue000\ue800\uf100"],
+                                    ["\ue100\ue700", "\ue700\ue600", "\ue600\ue100"]])
 def test_private_use_labels_do_not_collide(labels: list[str]) -> None:
     """Bond labels in the private-use area (where internal einsum labels live) still give the right tensor."""
     import sekron
@@ -114,6 +115,13 @@ def test_private_use_labels_do_not_collide(labels: list[str]) -> None:
     nested = convert(sk, "nested")
     assert_close(nested.to_tensor(), W, rtol=1e-10)
     assert_close(sk_round(nested).to_tensor(), W, rtol=1e-10)
+    Wd = np.asarray(W)
+    np.testing.assert_allclose(sekron.inner(sk, sk), np.vdot(Wd, Wd), rtol=1e-10)
+    idx = np.array([[0] * Wd.ndim, [d - 1 for d in Wd.shape]])
+    np.testing.assert_allclose(sk.entries(idx), Wd[tuple(idx.T)], rtol=1e-10)
+    mat = random_sekron(Structure([(2, 3), (3, 2), (2, 2)][: len(labels)], labels=labels), 2, random_state=3)  # a @ x
+    v = np.arange(mat.shape[1], dtype=float)
+    np.testing.assert_allclose(mat @ v, np.asarray(mat.to_tensor()) @ v, rtol=1e-10)
     x = np.random.default_rng(0).standard_normal((1, W.shape[1], 5, 5))
     ref = sekron.conv(x, SeKronTensor([np.asarray(W)], [W.shape]), padding=1)  # one factor: the dense kernel
     for implementation in ("factorized", "dense"):

@@ -262,7 +262,20 @@ def _round_nested(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> 
     return factors
 
 
-_ROUNDERS = {"chain": _round_chain, "ring": _round_ring, "nested": _round_nested}
+def _round_tucker(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[Any]:
+    from ..algebra.rounding import round_tucker
+
+    return round_tucker(sk, caps, tol)
+
+
+def _round_cp(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[Any]:
+    from ..algebra.rounding import round_cp
+
+    return round_cp(sk, caps, tol)
+
+
+_ROUNDERS = {"chain": _round_chain, "ring": _round_ring, "nested": _round_nested, "tucker": _round_tucker,
+             "cp": _round_cp}
 
 
 @dispatch
@@ -274,6 +287,12 @@ def round_(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> SeKr
     * ``ring``: the same on the ring opened at its closing bond, which is kept; the
       budget is divided by ``sqrt(R_z)`` (closing the ring adds at most that factor), so
       ``||W - W_hat|| <= tol ||W||`` still holds.
+    * ``tucker``: the factors are orthogonalised into the core, whose HOSVD over the bond
+      modes is truncated: ``||W - W_hat|| <= tol ||W||`` (HOSVD bound).
+    * ``cp``: terms parallel in all factors but one are merged exactly; then, with ``tol``,
+      the smallest rank whose CP-ALS fit (from the factors) has a measured error within
+      ``tol ||W||``; with ``rank`` alone, the ALS fit at that rank (no guarantee). See
+      :mod:`sekron.algebra.rounding`.
     * ``nested``: the paper's recursive truncation re-run on the factors: each branch's
       remainder is seen through the Gram matrix of the old sub-network, so the error is
       the sum of the discarded squared singular values, as for ``decompose``. The
@@ -307,6 +326,6 @@ def round_(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> SeKr
     caps = _caps(sk, rank)
     if st.pattern == "nested" and st.n_factors > 2 and rank is None and tol is None:
         return sk  # nothing to truncate; a re-orthogonalised nested form could need larger ranks
-    if st.n_factors == 2 and st.pattern in ("nested", "chain"):
-        return SeKronTensor(_round_chain(sk, caps, tol), st)
+    if st.n_factors == 2 and st.pattern in ("nested", "chain", "tucker", "cp"):
+        return SeKronTensor(_round_chain(sk, caps, tol), st)  # two factors, one bond: the SVD is optimal
     return SeKronTensor(_ROUNDERS[str(st.pattern)](sk, caps, tol), st)

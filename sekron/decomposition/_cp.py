@@ -11,6 +11,7 @@ import tensorly as tl
 from tensorly.decomposition._cp import initialize_cp
 
 from ..linalg.cp_als import cp_als, dense_mttkrp
+from ..linalg.truncation import smallest_rank
 from ._svd_based import Context, nested
 
 
@@ -101,16 +102,5 @@ def _search_rank(T: Any, ctx: Context, R_top: int, target: float) -> tuple[list[
             tried[R] = (facs, _cp_error_sq(T, facs))
         return tried[R][1] <= target
 
-    lo, hi = 0, 1
-    while not attempt(min(hi, R_top)):
-        if hi >= R_top:
-            return tried[R_top]
-        lo, hi = hi, min(2 * hi, R_top)
-    hi = min(hi, R_top)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if attempt(mid):
-            hi = mid
-        else:
-            lo = mid
-    return tried[hi]
+    R = smallest_rank(attempt, R_top)
+    return tried[R_top if R is None else R]

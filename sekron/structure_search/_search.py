@@ -52,6 +52,7 @@ from ..sekron_tensor import SeKronTensor
 from ..structure import Structure, structures
 from . import _baselines as bl
 from . import _scoring as sc
+from ._candidates import Candidates
 from ._grouped import cp_ranks
 from ._grouped import whole_mode_families as _grouped
 
@@ -373,7 +374,8 @@ def search(weight: Any, *, ratio: float | None = None, max_params: float | None 
     Returns
     -------
     list of Candidate
-        Sorted by ``objective``; one entry per (structure, pattern), all within budget.
+        Sorted by ``objective``; one entry per (structure, pattern), all within budget. A
+        ``list`` subclass that prints as a table and has ``to_pandas()``.
 
     Raises
     ------
@@ -431,4 +433,4 @@ def search(weight: Any, *, ratio: float | None = None, max_params: float | None 
         raise ValueError(f"no structure of a weight of shape {W.shape} meets the budget (at most {budget:.0f} "
                          f"parameters{'' if max_macs is None else f' and {max_macs} MACs'}); the smallest "
                          f"rank-1 structure needs more; relax ratio/max_params/max_macs")
-    return sorted(out, key=_SORT_KEYS[objective])
+    return Candidates(sorted(out, key=_SORT_KEYS[objective]))
