@@ -1,4 +1,4 @@
-"""``round`` for the ``tucker`` and ``cp`` patterns (chain, ring and nested live in ``sekron._patterns``).
+"""``round`` for the ``tucker`` and ``cp`` patterns (chain, ring and nested live in ``sekron.conversions._patterns``).
 
 * ``tucker`` (factors 0..S-2 carry one bond each, the core carries them all): the
   factors are orthogonalised (QR) into the core, then the core is truncated by HOSVD over
