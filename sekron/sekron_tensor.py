@@ -21,10 +21,8 @@ import tensorly as tl
 
 from ._backend import dispatch, infer_backend, using
 from ._validation import check_array
-from .linalg.contract import contract
+from .linalg.contract import LabelAllocator, contract
 from .structure import Structure
-
-_DIGIT_BASE = 0xE000  # private-use characters label the digit axes in contractions
 
 
 def _as_structure(structure: Any) -> Structure:
@@ -103,6 +101,16 @@ class SeKronTensor:
         checked, backend = _validate_factors(factors, st)
         object.__setattr__(self, "_factors", checked)
         object.__setattr__(self, "_backend", backend)
+
+    @classmethod
+    def _trusted(cls, factors: Sequence[Any], st: Structure, backend: str) -> SeKronTensor:
+        """Wrap factors that an algorithm of sekron just built for ``st`` (right by construction) on
+        ``backend``: no validation and no second backend inference."""
+        self = object.__new__(cls)
+        object.__setattr__(self, "_structure", st)
+        object.__setattr__(self, "_factors", tuple(factors))
+        object.__setattr__(self, "_backend", backend)
+        return self
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("SeKronTensor is immutable; build a new one instead")
@@ -301,16 +309,13 @@ class SeKronTensor:
         return html(self)
 
 
-def _digit(k: int) -> str:
-    return chr(_DIGIT_BASE + k)
-
-
-def _flat_operands(sk: SeKronTensor) -> list[tuple[str, Any]]:
+def _flat_operands(sk: SeKronTensor, digits: str) -> list[tuple[str, Any]]:
+    """Factor k as (its bonds, ``digits[k]``): the digit axes flattened into one."""
     st = sk.structure
     ops = []
     for k, (f, labels) in enumerate(zip(sk.factors, st.labels)):
         bond_shape = tuple(int(s) for s in f.shape[: len(labels)])
-        ops.append((labels + _digit(k), tl.reshape(f, (*bond_shape, st.factor_sizes[k]))))
+        ops.append((labels + digits[k], tl.reshape(f, (*bond_shape, st.factor_sizes[k]))))
     return ops
 
 
@@ -329,17 +334,11 @@ def sekron_to_tensor(sk: SeKronTensor) -> Any:
     if not isinstance(sk, SeKronTensor):
         raise TypeError(f"expected a SeKronTensor, got {type(sk).__name__}")
     st = sk.structure
-    out = "".join(_digit(k) for k in range(st.n_factors))
-    T = contract(_flat_operands(sk), out)
-    return st.unrearrange(T)
+    out = LabelAllocator(st.labels).many(st.n_factors)
+    T = contract(_flat_operands(sk, out), out)
+    return st._unrearrange(T)
 
 
-def _check_rank_given(st: Structure, rank: Any) -> dict[str, int]:
-    caps = st.parse_rank(rank)
-    missing = [c for c, r in caps.items() if r is None]
-    if missing:
-        raise ValueError(f"rank must give a size for every bond; bonds {missing} have none (got rank={rank!r})")
-    return {c: int(r) for c, r in caps.items() if r is not None}
 
 
 def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, random_state: Any = 0, *,
@@ -367,7 +366,7 @@ def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, ran
     [(5, 2, 3), (5, 4, 1)]
     """
     st = _as_structure(structure)
-    sizes = _check_rank_given(st, rank)
+    sizes = st._bond_sizes(rank)
     rng = np.random.default_rng(random_state)
     complex_ = "complex" in str(context.get("dtype", ""))
     name = backend or tl.get_backend()
