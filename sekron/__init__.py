@@ -14,6 +14,7 @@ keep working: they resolve to :mod:`sekron.convolution` and :mod:`sekron.structu
 
 import sys as _sys
 
+from .algebra import allclose, cross, inner, linear_operator
 from .conversions import (
     convert,
     cp_to_tt,
@@ -21,7 +22,6 @@ from .conversions import (
     from_tr,
     from_tt,
     from_tucker,
-    round,
     to_cp,
     to_tr,
     to_tt,
@@ -29,6 +29,9 @@ from .conversions import (
     tt_to_tr,
     tt_to_tucker,
     tucker_to_tt,
+)
+from .conversions import (
+    round as round,  # public as sekron.round, kept out of __all__ (it would shadow the builtin)
 )
 from .convolution import IMPLEMENTATIONS as CONV_IMPLEMENTATIONS
 from .convolution import ConvCost, PlanCost, clear_conv_cache, conv, conv_cost
@@ -55,22 +58,25 @@ __all__ = [
     "SeKronTensor",
     "Structure",
     "__version__",
+    "allclose",
     "clear_conv_cache",
     "conv",
     "conv_cost",
     "convert",
     "cp_to_tt",
+    "cross",
     "decompose",
     "draw",
     "from_cp",
     "from_tr",
     "from_tt",
     "from_tucker",
+    "inner",
     "kron",
+    "linear_operator",
     "load",
     "pattern_labels",
     "random_sekron",
-    "round",
     "save",
     "search",
     "sekron_to_tensor",

@@ -21,11 +21,8 @@ import tensorly as tl
 
 from ._backend import dispatch, infer_backend, using
 from ._validation import check_array
-from .linalg.contract import contract, einsum2
+from .linalg.contract import LabelAllocator, contract
 from .structure import Structure
-
-_DIGIT_BASE = 0xE000  # private-use characters label the digit axes in contractions
-_PRIME_BASE = 0xF0000  # and the primed (conjugate) copy of each bond in norm()
 
 
 def _as_structure(structure: Any) -> Structure:
@@ -105,6 +102,16 @@ class SeKronTensor:
         object.__setattr__(self, "_factors", checked)
         object.__setattr__(self, "_backend", backend)
 
+    @classmethod
+    def _trusted(cls, factors: Sequence[Any], st: Structure, backend: str) -> SeKronTensor:
+        """Wrap factors that an algorithm of sekron just built for ``st`` (right by construction) on
+        ``backend``: no validation and no second backend inference."""
+        self = object.__new__(cls)
+        object.__setattr__(self, "_structure", st)
+        object.__setattr__(self, "_factors", tuple(factors))
+        object.__setattr__(self, "_backend", backend)
+        return self
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("SeKronTensor is immutable; build a new one instead")
 
@@ -164,10 +171,10 @@ class SeKronTensor:
         return sekron_to_tensor(self)
 
     def norm(self) -> Any:
-        """Frobenius norm of W, contracted from the factors' Gram matrices.
+        """Frobenius norm of W, ``sqrt(sekron.inner(self, self))`` contracted from the factors.
 
-        Falls back to the dense norm when the doubled bond network would be larger
-        than W itself.
+        Small tensors (at most ``2**16`` entries) whose doubled bond network would be
+        larger than W are summed densely; W is never formed otherwise.
 
         Examples
         --------
@@ -176,14 +183,119 @@ class SeKronTensor:
         >>> bool(np.isclose(sk.norm(), np.linalg.norm(sk.to_tensor())))
         True
         """
-        return _norm(self)
+        from .algebra.arithmetic import norm
+
+        return norm(self)
+
+    # --- computing in SeKron form (sekron.algebra; W is never formed) -----------------
+    __array_ufunc__ = None  # numpy defers to the operators below instead of densifying
+
+    def __add__(self, other: Any) -> SeKronTensor:
+        from .algebra.arithmetic import add
+
+        return add(self, other) if isinstance(other, SeKronTensor) else NotImplemented
+
+    def __radd__(self, other: Any) -> SeKronTensor:
+        if isinstance(other, int) and other == 0:  # sum([a, b, ...]) starts from 0
+            return self
+        return NotImplemented
+
+    def __sub__(self, other: Any) -> SeKronTensor:
+        from .algebra.arithmetic import subtract
+
+        return subtract(self, other) if isinstance(other, SeKronTensor) else NotImplemented
+
+    def __neg__(self) -> SeKronTensor:
+        from .algebra.arithmetic import negative
+
+        return negative(self)
+
+    def __mul__(self, other: Any) -> SeKronTensor:
+        from .algebra._common import is_scalar
+        from .algebra.arithmetic import hadamard, scale
+
+        if isinstance(other, SeKronTensor):
+            return hadamard(self, other)
+        return scale(self, other) if is_scalar(other) else NotImplemented
+
+    def __rmul__(self, other: Any) -> SeKronTensor:
+        from .algebra._common import is_scalar
+        from .algebra.arithmetic import scale
+
+        return scale(self, other) if is_scalar(other) else NotImplemented
+
+    def __truediv__(self, other: Any) -> SeKronTensor:
+        from .algebra._common import is_scalar
+        from .algebra.arithmetic import scale
+
+        if not is_scalar(other):
+            return NotImplemented
+        return scale(self, 1 / other)
+
+    def __matmul__(self, other: Any) -> Any:
+        from .algebra.linear import matmul
+
+        return NotImplemented if isinstance(other, SeKronTensor) else matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        from .algebra.linear import rmatmul
+
+        return rmatmul(self, other)
+
+    @property
+    def T(self) -> SeKronTensor:
+        """The transpose (every factor's digit axes reversed); ``W.T`` for a matrix."""
+        from .algebra.linear import transpose
+
+        return transpose(self)
+
+    def conj(self) -> SeKronTensor:
+        """The complex conjugate (see :func:`sekron.algebra.conj`)."""
+        from .algebra.arithmetic import conj
+
+        return conj(self)
+
+    def astype(self, dtype: Any) -> SeKronTensor:
+        """The factors cast to ``dtype`` (see :func:`sekron.algebra.astype`)."""
+        from .algebra.arithmetic import astype
+
+        return astype(self, dtype)
+
+    def entries(self, idx: Any) -> Any:
+        """``W[idx[j]]`` for an (n, N) integer array, from the factors (see :func:`sekron.algebra.entries`)."""
+        from .algebra.indexing import entries
+
+        return entries(self, idx)
+
+    def __getitem__(self, key: Any) -> Any:
+        from .algebra.indexing import getitem
+
+        return getitem(self, key)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        from .algebra.linear import dense
+
+        return dense(self, dtype)
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("== on SeKronTensors is ambiguous (entry-wise? identity?); use sekron.allclose(a, b) to "
+                        "compare values, or `a is b` for identity")
+
+    def __ne__(self, other: object) -> bool:
+        raise TypeError("!= on SeKronTensors is ambiguous; use not sekron.allclose(a, b), or `a is not b`")
+
+    __hash__ = object.__hash__  # identity, like its (immutable) object; == never returns True for others
 
     def __repr__(self) -> str:
+        from .algebra._common import device_of
+
         st = self._structure
         dense = math.prod(self.shape)
         head = (
             f"SeKronTensor(shape={self.shape}, pattern={st.pattern!r}, rank={self.rank}, "
-            f"n_params={self.n_params}, compression={dense / max(self.n_params, 1):.2f}x"
+            f"n_params={self.n_params}, compression={dense / max(self.n_params, 1):.2f}x, "
+            f"dtype={str(self.dtype).replace('torch.', '')}, backend={self._backend}, "
+            f"device={device_of(self._factors[0])}"
         )
         rows = [
             f"  factor {k}: digits {s}  bonds {lab!r}  stored {tuple(int(d) for d in f.shape)}"
@@ -191,17 +303,19 @@ class SeKronTensor:
         ]
         return "\n".join([head, *rows]) + ")"
 
+    def _repr_html_(self) -> str:
+        from .algebra.display import html
 
-def _digit(k: int) -> str:
-    return chr(_DIGIT_BASE + k)
+        return html(self)
 
 
-def _flat_operands(sk: SeKronTensor) -> list[tuple[str, Any]]:
+def _flat_operands(sk: SeKronTensor, digits: str) -> list[tuple[str, Any]]:
+    """Factor k as (its bonds, ``digits[k]``): the digit axes flattened into one."""
     st = sk.structure
     ops = []
     for k, (f, labels) in enumerate(zip(sk.factors, st.labels)):
         bond_shape = tuple(int(s) for s in f.shape[: len(labels)])
-        ops.append((labels + _digit(k), tl.reshape(f, (*bond_shape, st.factor_sizes[k]))))
+        ops.append((labels + digits[k], tl.reshape(f, (*bond_shape, st.factor_sizes[k]))))
     return ops
 
 
@@ -220,33 +334,11 @@ def sekron_to_tensor(sk: SeKronTensor) -> Any:
     if not isinstance(sk, SeKronTensor):
         raise TypeError(f"expected a SeKronTensor, got {type(sk).__name__}")
     st = sk.structure
-    out = "".join(_digit(k) for k in range(st.n_factors))
-    T = contract(_flat_operands(sk), out)
-    return st.unrearrange(T)
+    out = LabelAllocator(st.labels).many(st.n_factors)
+    T = contract(_flat_operands(sk, out), out)
+    return st._unrearrange(T)
 
 
-@dispatch
-def _norm(sk: SeKronTensor) -> Any:
-    st = sk.structure
-    bond_cells = math.prod(sk.rank.values())
-    if bond_cells * bond_cells > math.prod(st.shape):
-        return tl.norm(tl.reshape(sk.to_tensor(), (-1,)))
-    grams = []
-    for spec, f in _flat_operands(sk):
-        bonds = spec[:-1]
-        primed = "".join(chr(_PRIME_BASE + ord(c)) for c in bonds)
-        g = einsum2(spec, f, primed + spec[-1], tl.conj(f), bonds + primed)
-        grams.append((bonds + primed, g))
-    sq = contract(grams, "")
-    return tl.sqrt(tl.abs(sq))
-
-
-def _check_rank_given(st: Structure, rank: Any) -> dict[str, int]:
-    caps = st.parse_rank(rank)
-    missing = [c for c, r in caps.items() if r is None]
-    if missing:
-        raise ValueError(f"rank must give a size for every bond; bonds {missing} have none (got rank={rank!r})")
-    return {c: int(r) for c, r in caps.items() if r is not None}
 
 
 def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, random_state: Any = 0, *,
@@ -274,7 +366,7 @@ def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, ran
     [(5, 2, 3), (5, 4, 1)]
     """
     st = _as_structure(structure)
-    sizes = _check_rank_given(st, rank)
+    sizes = st._bond_sizes(rank)
     rng = np.random.default_rng(random_state)
     complex_ = "complex" in str(context.get("dtype", ""))
     name = backend or tl.get_backend()

@@ -13,7 +13,7 @@ from typing import Any
 
 import tensorly as tl
 
-from .._backend import dispatch
+from .._backend import infer_backend, using
 from .._validation import check_array, check_float_dtype, check_tol, finite_sq_norm
 from ..linalg.truncation import Budget
 from ..sekron_tensor import SeKronTensor, _as_structure
@@ -30,15 +30,10 @@ DECOMPOSITIONS: dict[str, Algorithm] = {
     "tucker": _svd_based.tucker,
 }
 
-#: patterns whose ``tol`` is guaranteed by the SVD spectra (cp meets it by growing its rank)
-GUARANTEED = ("nested", "chain", "ring", "tucker")
-
-
 def _n_cuts(st: Structure) -> int:
     return max(st.n_factors - 1, 1)
 
 
-@dispatch
 def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank: Any = None, *,
               tol: float | None = None, svd: str | Callable[..., Any] = "auto", random_state: Any = None,
               return_error: bool = False, **options: Any) -> Any:
@@ -51,7 +46,9 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
     Parameters
     ----------
     tensor : array of shape ``structure.shape``
-        Floating or complex; any tensorly backend. It is never modified.
+        Floating or complex; any tensorly backend. It is never modified. A
+        ``dask.array.Array`` is decomposed out of core (nested, chain, ring, tucker; see
+        docs/dask.md): the first cut streams over its chunks, the rest runs in memory.
     structure : Structure or list of factor shapes
         A plain list means the ``nested`` pattern.
     rank : None, int, sequence of int, or {label: int}
@@ -89,8 +86,21 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
     >>> sk.rank, err < 1e-12
     ({'a': 1}, True)
     """
+    if type(tensor).__module__.startswith("dask."):  # out of core: the first cut is streamed (sekron._dask)
+        from .._dask import decompose_dask
+
+        return decompose_dask(tensor, structure, rank, tol=tol, svd=svd, random_state=random_state,
+                              return_error=return_error, **options)
     check_array(tensor, "tensor")
-    st = _as_structure(structure)
+    backend = infer_backend(tensor)  # once: every step below runs under it
+    with using(backend):
+        return _decompose(tensor, _as_structure(structure), rank, tol, svd, random_state, return_error, options,
+                          backend)
+
+
+def _decompose(tensor: Any, st: Structure, rank: Any, tol: Any, svd: Any, random_state: Any, return_error: Any,
+               options: dict[str, Any], backend: str) -> Any:
+    """:func:`decompose` under the tensor's backend, already set."""
     shape = tuple(int(s) for s in tensor.shape)
     if shape != st.shape:
         raise ValueError(
@@ -114,7 +124,7 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
 
     norm = math.sqrt(sq_norm)
     budget = Budget.make(tol, norm, _n_cuts(st))
-    T = st.rearrange(tensor)
+    T = st._rearrange(tensor)
     if st.n_factors == 1:
         factors = [tl.reshape(T, st.factor_shapes[0])]
     else:
@@ -125,7 +135,7 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
         warnings.warn(
             f"requested rank above what the structure allows was clipped: {text} (structure {st.factor_shapes}, "
             f"pattern {st.pattern!r})", UserWarning, stacklevel=3)
-    sk = SeKronTensor(factors, st)
+    sk = SeKronTensor._trusted(factors, st, backend)
     if not return_error:
         return sk
     error = math.sqrt(max(budget.spent, 0.0)) / norm if norm > 0 else 0.0

@@ -2,6 +2,7 @@
 
 from .compress import CompressionReport, compress
 from .distill import distill
+from .export import to_standard
 from .layers import (
     LAYERS,
     SeKronConv1d,
@@ -21,4 +22,5 @@ __all__ = [
     "compress",
     "distill",
     "load_compressed",
+    "to_standard",
 ]
