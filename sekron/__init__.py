@@ -1,5 +1,6 @@
 """sekron: SeKron tensor decomposition, a tensor as a sequence of Kronecker products."""
 
+from ._validation import set_max_elements
 from .conv import IMPLEMENTATIONS as CONV_IMPLEMENTATIONS
 from .conv import ConvCost, PlanCost, clear_conv_cache, conv, conv_cost
 from .conversions import (
@@ -9,7 +10,6 @@ from .conversions import (
     from_tr,
     from_tt,
     from_tucker,
-    round,
     to_cp,
     to_tr,
     to_tt,
@@ -18,6 +18,7 @@ from .conversions import (
     tt_to_tucker,
     tucker_to_tt,
 )
+from .conversions import round as round  # sekron.round only: not in __all__, so * never shadows the builtin
 from .decomposition import DECOMPOSITIONS, decompose
 from .io import load, save
 from .plot import draw
@@ -51,10 +52,10 @@ __all__ = [
     "load",
     "pattern_labels",
     "random_sekron",
-    "round",
     "save",
     "search",
     "sekron_to_tensor",
+    "set_max_elements",
     "structures",
     "to_cp",
     "to_tr",

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._progress import progress as progress_bar
 from ..search import BASELINES, Candidate, candidate_macs, families
 from ._allocate import Frontier, allocate, uniform
 from ._report import CompressionReport
@@ -196,7 +197,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     implementation : {"auto", "factorized", "dense"}
         Forward plan of the new layers.
     progress : bool
-        Show a tqdm progress bar over the layers.
+        Show a progress bar over the layers (tqdm when installed, else a plain text one).
 
     Returns
     -------
@@ -234,10 +235,14 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         raise ValueError(f"ratio {ratio} is impossible: the {total - dense:,} parameters that stay dense already "
                          f"exceed the target of {target:,.0f} (model has {total:,}); lower the ratio or compress "
                          "more layers")
+    for layer in chosen:  # before any work: a NaN would otherwise surface as a raw LinAlgError deep in an SVD
+        with torch.no_grad():
+            finite = bool(torch.isfinite(layer.module.weight).all())
+        if not finite:
+            raise ValueError(f"layer {layer.name!r} has NaN or Inf in its weight; clean the model first "
+                             "(e.g. retrain, or torch.nan_to_num_ on that weight), or exclude the layer")
     frontiers = []
-    from tqdm.auto import tqdm
-
-    for layer in tqdm(chosen, desc=f"sekron compress ({method})", disable=not progress, leave=False):
+    for layer in progress_bar(chosen, total=len(chosen), desc=f"sekron compress ({method})", enabled=progress):
         W = _weight64(layer.module)
         frontiers.append(_frontier(W, W.size * room / dense, method))
     picks = (allocate if allocation == "error" else uniform)(frontiers, room)
