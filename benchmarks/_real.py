@@ -246,7 +246,7 @@ def _search_module() -> Any:
     import importlib
 
     try:
-        module = importlib.import_module("sekron.search")  # the module: `sekron.search` is the function
+        module = importlib.import_module("sekron.structure_search")
     except ImportError:
         return None
     return module if hasattr(module, "search") else None

@@ -1,4 +1,4 @@
-"""Benchmark: SeKron convolution (sekron.conv.conv) against dense F.conv2d on ResNet-like layers.
+"""Benchmark: SeKron convolution (sekron.conv) against dense F.conv2d on ResNet-like layers.
 
 PyTorch CPU, 2 threads, batch 16, 3x3 kernels with padding 1. For every layer and
 compression target (about 5x, 10x, 20x fewer parameters) the two-factor structures of
@@ -37,10 +37,10 @@ from torch.nn import functional as F  # noqa: N812
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from sekron import _conv_plan as cp
 from sekron._backend import using
-from sekron._conv_backends import conv_ops
-from sekron.conv import _kernel, _resolve, conv, conv_cost
+from sekron.convolution import _plan as cp
+from sekron.convolution._backends import conv_ops
+from sekron.convolution._conv import _kernel, _resolve, conv, conv_cost
 from sekron.sekron_tensor import SeKronTensor
 from sekron.structure import Structure, structures
 

@@ -1,8 +1,20 @@
-"""sekron: SeKron tensor decomposition, a tensor as a sequence of Kronecker products."""
+"""sekron: SeKron tensor decomposition, a tensor as a sequence of Kronecker products.
+
+Layout: the core types at the top (:mod:`sekron.structure`, :mod:`sekron.sekron_tensor`);
+:mod:`sekron.linalg` (kernels that know no sekron types); :mod:`sekron.decomposition`,
+:mod:`sekron.conversions`, :mod:`sekron.convolution` and :mod:`sekron.structure_search`
+(each ``__init__`` lists its public names); :mod:`sekron.torch` (PyTorch layers and model
+compression, the only place that imports torch); :mod:`sekron.io`, :mod:`sekron.datasets`,
+:mod:`sekron.plot` and :mod:`sekron.cli`.
+
+``sekron.conv`` and ``sekron.search`` are the functions :func:`conv` and :func:`search`.
+The older import paths ``from sekron.conv import ...`` and ``from sekron.search import ...``
+keep working: they resolve to :mod:`sekron.convolution` and :mod:`sekron.structure_search`.
+"""
+
+import sys as _sys
 
 from ._validation import set_max_elements
-from .conv import IMPLEMENTATIONS as CONV_IMPLEMENTATIONS
-from .conv import ConvCost, PlanCost, clear_conv_cache, conv, conv_cost
 from .conversions import (
     convert,
     cp_to_tt,
@@ -19,14 +31,21 @@ from .conversions import (
     tucker_to_tt,
 )
 from .conversions import round as round  # sekron.round only: not in __all__, so * never shadows the builtin
+from .convolution import IMPLEMENTATIONS as CONV_IMPLEMENTATIONS
+from .convolution import ConvCost, PlanCost, clear_conv_cache, conv, conv_cost
 from .decomposition import DECOMPOSITIONS, decompose
 from .io import load, save
 from .plot import draw
-from .search import Candidate, search
 from .sekron_tensor import SeKronTensor, kron, random_sekron, sekron_to_tensor
 from .structure import Structure, pattern_labels, structures
+from .structure_search import Candidate, search
 
 __version__ = "0.1.0"
+
+# The older module paths `sekron.conv` and `sekron.search` name the subpackages; the attributes
+# `sekron.conv` / `sekron.search` stay the functions (registered here, no submodule rebinds them).
+_sys.modules[__name__ + ".conv"] = _sys.modules[__name__ + ".convolution"]
+_sys.modules[__name__ + ".search"] = _sys.modules[__name__ + ".structure_search"]
 
 __all__ = [
     "CONV_IMPLEMENTATIONS",

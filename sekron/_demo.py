@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from ._progress import progress
-from ._search_baselines import params_of
 from .decomposition import decompose
 from .structure import Structure
+from .structure_search._baselines import params_of
 
 
 def param_count(st: Structure, rank: int) -> int:
@@ -97,7 +97,7 @@ def real_weights_demo(n_layers: int = 5, ratio: float = 8.0, show_progress: bool
     axis-aligned candidates, SeKron is its best candidate that is not axis-aligned.
     """
     from .datasets import load_ddddocr_convs
-    from .search import search
+    from .structure_search import search
 
     convs = [(name, W) for name, W in load_ddddocr_convs() if W.ndim == 4 and W.shape[2:] == (3, 3)]
     picks = [convs[i] for i in np.linspace(0, len(convs) - 1, min(n_layers, len(convs))).round().astype(int)]

@@ -20,8 +20,8 @@ import numpy as np
 import tensorly as tl
 
 from ._backend import dispatch, infer_backend, using
-from ._contract import contract, einsum2
 from ._validation import check_array, check_size
+from .linalg.contract import contract, einsum2
 from .structure import Structure
 
 _DIGIT_BASE = 0xE000  # private-use characters label the digit axes in contractions

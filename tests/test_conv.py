@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sekron.conv import IMPLEMENTATIONS, conv, conv_cost
 
 import sekron
-from sekron.conv import IMPLEMENTATIONS, conv, conv_cost
 from sekron.sekron_tensor import SeKronTensor, random_sekron
 from sekron.structure import Structure
 
@@ -181,7 +181,7 @@ def test_worked_examples(shapes: Any, pattern: str, rank: Any, spatial: Any, kwa
 
 
 def test_stride_goes_to_the_last_stage_with_a_kernel() -> None:
-    from sekron import _conv_plan as cp
+    from sekron.convolution import _plan as cp
 
     spec = cp.KernelSpec(((2, 2, 3, 1), (2, 2, 1, 3), (2, 2, 1, 1)), ("a", "ab", "b"), (("a", 2), ("b", 2)))
     geom = cp.Geometry(1, (9, 9), (2, 3), (1, 1), ((1, 1), (1, 1)), "zeros")
@@ -254,7 +254,7 @@ def test_conv_cost_macs_equal_flop_counter(shapes: Any, pattern: str, rank: Any,
     runs = [("factorized", "paper", cost.paper), ("factorized", None, cost.best), ("dense", None, cost.dense),
             ("auto", None, cost.best if cost.auto == "factorized" else cost.dense)]
     for impl, order, plan in runs:
-        importlib.import_module("sekron.conv")._KERNELS.clear()  # the counted plan forms the kernel
+        importlib.import_module("sekron.convolution._conv")._KERNELS.clear()  # the counted plan forms the kernel
         with FlopCounterMode(display=False) as counter:
             conv(x, sk, implementation=impl, order=order, **kwargs)
         assert counter.get_total_flops() // 2 == plan.macs, (impl, order)
@@ -323,7 +323,7 @@ def test_public_api_is_reachable() -> None:
 
 
 def test_many_factors_use_the_greedy_order() -> None:
-    from sekron import _conv_plan as cp
+    from sekron.convolution import _plan as cp
 
     shapes = [(2, 1, 1, 1), (1, 2, 1, 1), (1, 1, 2, 1), (1, 1, 1, 2), (1, 2, 1, 1), (2, 1, 1, 1), (1, 1, 1, 1)]
     assert len(shapes) > cp.EXHAUSTIVE_MAX_FACTORS
@@ -337,7 +337,7 @@ def test_many_factors_use_the_greedy_order() -> None:
 
 def test_dense_kernel_cache_in_inference_only() -> None:
     """Inference reuses the formed kernel until a factor changes in place; autograd never does."""
-    conv_module = importlib.import_module("sekron.conv")  # the module (sekron.conv is the function)
+    conv_module = importlib.import_module("sekron.convolution._conv")
     structure = sekron.Structure([(2, 3, 3, 1), (2, 2, 1, 3)])
     sk = sekron.random_sekron(structure, 2, random_state=0, dtype=torch.float64)
     x = torch.randn(1, 6, 5, 5, dtype=torch.float64)
@@ -360,7 +360,7 @@ def test_dense_kernel_cache_in_inference_only() -> None:
 
 def test_stage_weights_cached_in_inference_only() -> None:
     """Factorized inference reuses the permuted stage weights until a factor changes; autograd never caches."""
-    conv_module = importlib.import_module("sekron.conv")
+    conv_module = importlib.import_module("sekron.convolution._conv")
     structure = sekron.Structure([(1, 6, 1, 1), (4, 1, 3, 3)])  # stage weights need a real transpose
     sk = sekron.random_sekron(structure, 3, random_state=0, dtype=torch.float64)
     x = torch.randn(2, 6, 7, 7, dtype=torch.float64)
@@ -383,7 +383,7 @@ def test_stage_weights_cached_in_inference_only() -> None:
 
 
 def test_inference_cache_is_bounded() -> None:
-    conv_module = importlib.import_module("sekron.conv")
+    conv_module = importlib.import_module("sekron.convolution._conv")
     sekron.clear_conv_cache()
     structure = sekron.Structure([(2, 2, 3, 1), (2, 2, 1, 3)])
     x = torch.randn(1, 4, 5, 5)

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from tensorly.decomposition import tensor_train
 
 import sekron
-from sekron import _tt_ops
 from sekron._backend import using
 from sekron.conversions import (
     convert,
@@ -33,6 +32,7 @@ from sekron.conversions import (
     tucker_to_tt,
 )
 from sekron.conversions import round as sk_round
+from sekron.linalg import tt as _tt_ops
 
 PATTERNS = ["nested", "chain", "ring", "cp", "tucker"]
 RTOL = {"float32": 2e-4, "float64": 1e-10, "complex128": 1e-10}

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 from strategies import grids
 
-import sekron._algorithms as algorithms
-import sekron._svd as svd_module
+import sekron.decomposition._svd_based as algorithms
+import sekron.linalg.svd as svd_module
 from sekron.decomposition import DECOMPOSITIONS, decompose
 from sekron.sekron_tensor import SeKronTensor, random_sekron
 from sekron.structure import Structure

@@ -6,7 +6,6 @@ import importlib
 
 import numpy as np
 import pytest
-
 from sekron.search import BASELINES, Candidate, search
 
 RNG = np.random.default_rng(0)
@@ -117,8 +116,8 @@ def test_bad_weight() -> None:
 
 # --- speed-oriented internals: they must not weaken the guarantees ------------------------------
 def test_baseline_caps_within_budget_filled_and_exact() -> None:
-    from sekron import _search_baselines as bl
     from sekron.structure import Structure
+    from sekron.structure_search import _baselines as bl
 
     W = _kernel((24, 16, 3, 3), decay=0.9)
     sp = bl.Spectra(W)
@@ -137,8 +136,8 @@ def test_baseline_caps_within_budget_filled_and_exact() -> None:
 
 
 def test_matched_profile_tracks_the_budget() -> None:
-    from sekron import _search_baselines as bl
     from sekron.structure import Structure
+    from sekron.structure_search import _baselines as bl
 
     W = _kernel((24, 16, 3, 3), decay=0.9)
     sp = bl.Spectra(W)
@@ -150,8 +149,8 @@ def test_matched_profile_tracks_the_budget() -> None:
 
 
 def test_sketched_screen_is_an_upper_bound() -> None:
-    from sekron import _search_scoring as sc
     from sekron.structure import Structure
+    from sekron.structure_search import _scoring as sc
 
     W = _kernel((64, 64, 3, 3), decay=0.95)
     st = Structure([(8, 8, 3, 1), (8, 8, 1, 3)])
@@ -166,7 +165,7 @@ def test_sketched_screen_is_an_upper_bound() -> None:
 
 @pytest.mark.parametrize("shape", [(40, 12), (12, 40)])
 def test_leading_vectors_span_the_top_subspace(shape: tuple[int, int]) -> None:
-    from sekron import _search_scoring as sc
+    from sekron.structure_search import _scoring as sc
 
     M = RNG.standard_normal(shape)
     U = sc.leading_vectors(M, 5)
@@ -178,7 +177,7 @@ def test_leading_vectors_span_the_top_subspace(shape: tuple[int, int]) -> None:
 
 def test_pruned_refinements_still_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the split screen forced (TOP_SPLITS = 2), every candidate still reproduces its error."""
-    search_mod = importlib.import_module("sekron.search")  # the module (sekron.search is also the function)
+    search_mod = importlib.import_module("sekron.structure_search._search")
     monkeypatch.setattr(search_mod, "TOP_SPLITS", 2)
     W = _kernel((32, 48, 3, 3), decay=0.9)
     cands = search(W, ratio=6)
@@ -210,7 +209,7 @@ def test_ladder_families_for_compress() -> None:
 
 def test_split_screen_keeps_the_best_refinement(monkeypatch: pytest.MonkeyPatch) -> None:
     """The screen's top splits contain the best nested S = 3 refinement found by scoring all of them."""
-    search_mod = importlib.import_module("sekron.search")
+    search_mod = importlib.import_module("sekron.structure_search._search")
     W = RNG.standard_normal((32, 48, 3, 3))
 
     def best_nested3(top_splits: int) -> float:
@@ -222,8 +221,8 @@ def test_split_screen_keeps_the_best_refinement(monkeypatch: pytest.MonkeyPatch)
 
 def test_whole_mode_grids_are_searched_and_exact() -> None:
     """CP and Tucker of the kernel seen as (F, C, kh*kw) are candidates, with reproducible errors."""
-    from sekron._search_baselines import grouped_grids, set_partitions
     from sekron.structure import Structure
+    from sekron.structure_search._baselines import grouped_grids, set_partitions
 
     assert len(set_partitions(range(4), 2)) == 7 and len(set_partitions(range(4), 3)) == 6
     assert ((6, 1, 1, 1), (1, 5, 1, 1), (1, 1, 3, 3)) in grouped_grids((6, 5, 3, 3), 3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sekron._backend import using
-from sekron._svd import SVD_FUNCTIONS, choose_svd, gram_eigh, svd_full, svd_gram, svd_randomized
+from sekron.linalg.svd import SVD_FUNCTIONS, choose_svd, gram_eigh, svd_full, svd_gram, svd_randomized
 
 
 def _batch(shape: tuple, dtype: str = "float64", seed: int = 0) -> np.ndarray:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _search_scoring as sc
-from ..search import Candidate
+from ..structure_search import Candidate
+from ..structure_search import _scoring as sc
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Whole-model compression: pick a structure and ranks per layer under one global budget.
 
 :func:`compress` walks ``model.named_modules()``, scores every eligible layer's weight
-with the machinery of :mod:`sekron.search` (all ranks of every scored structure, not just
+with the machinery of :mod:`sekron.structure_search` (all ranks of every scored structure, not just
 one budget), allocates the parameter budget across layers, and swaps the chosen layers
 for SeKron layers with ``set_submodule``. The allocation minimises the sum over layers of
 the squared relative errors ``||W - W_hat||^2 / ||W||^2`` (a greedy walk down each
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .._progress import progress as progress_bar
-from ..search import BASELINES, Candidate, candidate_macs, families
+from ..structure_search import BASELINES, Candidate, candidate_macs, families
 from ._allocate import Frontier, allocate, uniform
 from ._report import CompressionReport
 from .layers import LAYERS, _as_pointwise
@@ -190,7 +190,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         Layers with fewer weight entries stay dense.
     input_shape : sequence of int, optional
         Model input shape; one forward pass on zeros records each layer's input, so the
-        report gives MACs before and after (from :func:`sekron.conv.conv_cost`).
+        report gives MACs before and after (from :func:`sekron.conv_cost`).
     allocation : {"error", "uniform"}
         "error": least sum of squared relative errors for the budget (module docstring);
         "uniform": the same per-layer ratio everywhere.

@@ -1,7 +1,7 @@
 """PyTorch layers with a SeKron weight: ``SeKronConv1d/2d/3d`` and ``SeKronLinear``.
 
 Each layer holds the factors of its weight as trainable ``nn.Parameter``s (axis
-convention of :mod:`sekron.sekron_tensor`) and runs :func:`sekron.conv.conv` with a
+convention of :mod:`sekron.sekron_tensor`) and runs :func:`sekron.conv` with a
 plan (factorized in a fixed order, or dense reconstruction) chosen once, when it is
 built. A linear layer is the D = 0 case: its weight ``(F, C)`` runs as a 1x1
 convolution. The structure and ranks travel in the ``state_dict`` (``get_extra_state``),
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conv import conv, conv_cost
+from ..convolution import conv, conv_cost
 from ..decomposition import decompose
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure
@@ -42,7 +42,7 @@ def _structure_of(structure: Any) -> Structure:
 def _decompose(weight: torch.Tensor, structure: Any, rank: Any, tol: float | None,
                options: dict[str, Any]) -> SeKronTensor:
     """Decompose a weight (in float64 numpy) and return factors of the weight's dtype and device."""
-    from ..search import Candidate
+    from ..structure_search import Candidate
 
     with torch.no_grad():
         W = weight.detach().to("cpu", torch.float64).numpy()
@@ -219,7 +219,7 @@ class _SeKronConvNd(_SeKronBase):
             padding_mode, bias, device and dtype are kept exactly. With ``groups > 1``
             one SeKron factorizes the grouped weight ``(F, C / groups, K..)`` and the
             forward pass reconstructs it for torch's grouped convolution.
-        structure : Structure, list of factor shapes, or a ``sekron.search.Candidate``
+        structure : Structure, list of factor shapes, or a ``sekron.Candidate``
             Must multiply to ``conv.weight.shape``. A Candidate brings its ranks.
         rank, tol
             As in :func:`sekron.decompose` (``rank=None, tol=None`` is exact).

@@ -7,9 +7,9 @@ import io
 import pytest
 
 torch = pytest.importorskip("torch")
+from sekron.search import search  # noqa: E402
 from torch import nn  # noqa: E402
 
-from sekron.search import search  # noqa: E402
 from sekron.structure import Structure  # noqa: E402
 from sekron.torch import (  # noqa: E402
     SeKronConv1d,

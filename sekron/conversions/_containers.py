@@ -10,7 +10,7 @@ from tensorly.tr_tensor import TRTensor
 from tensorly.tt_tensor import TTTensor
 from tensorly.tucker_tensor import TuckerTensor
 
-from ._validation import check_array
+from .._validation import check_array
 
 
 def _arrays(items: Any, name: str, ndim: int) -> list[Any]:

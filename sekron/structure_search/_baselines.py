@@ -1,4 +1,4 @@
-"""Rank caps for the axis-aligned TT / TR / Tucker baselines of :func:`sekron.search.search`.
+"""Rank caps for the axis-aligned TT / TR / Tucker baselines of :func:`sekron.search`.
 
 A baseline's rank *profile* (the shape of its rank vector) comes from the spectra of the
 weight's unfoldings alone (float32 Gram matrices, computed once and shared by TT, TR and
@@ -7,7 +7,7 @@ within ``t^2 ||W||^2 / n_bonds``, bounded by what the sequential algorithm can r
 The profile is then scaled down to each budget, and one ``decompose(W, st, rank=caps)``
 per point gives the exact error (the discarded singular values of the real sweep), so
 the recorded keywords reproduce it. Only the profile is heuristic; no error is.
-For :func:`sekron.search.search` (one budget) the target ``t`` is bisected so that the
+For :func:`sekron.search` (one budget) the target ``t`` is bisected so that the
 profile just overshoots the budget (:func:`matched_profile`); it is then scaled down and
 the leftover parameters filled one bond at a time (:func:`fit_caps`).
 """
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .decomposition import decompose
-from .structure import Structure
+from ..decomposition import decompose
+from ..structure import Structure
 
 
 class Spectra:

@@ -6,7 +6,7 @@ decomposition the ``tucker`` pattern with the core as an extra factor whose digi
 is all ones. ``from_*`` map a tensorly container onto those structures without changing
 a single number (factor axes as in :mod:`sekron.sekron_tensor`); ``to_*`` map any
 SeKronTensor back, without forming W. Pattern changes (:func:`convert`) and
-recompression (:func:`round`) live in :mod:`sekron._patterns`.
+recompression (:func:`round`) live in :mod:`sekron.conversions._patterns`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from tensorly.tr_tensor import TRTensor
 from tensorly.tt_tensor import TTTensor
 from tensorly.tucker_tensor import TuckerTensor
 
+from .._backend import dispatch
+from .._validation import check_int, check_tol
+from ..linalg.tt import constant, parse_tt_rank, tt_hosvd
+from ..sekron_tensor import SeKronTensor
+from ..structure import Structure
 from . import _cp_tt
-from ._backend import dispatch
 from ._containers import cores_of, cp_parts, tucker_parts
 from ._patterns import convert, round_
 from ._to_tt import sekron_to_tt_cores
-from ._tt_ops import constant, parse_tt_rank, tt_hosvd
-from ._validation import check_int, check_tol
-from .sekron_tensor import SeKronTensor
-from .structure import Structure
 
 __all__ = ["convert", "cp_to_tt", "from_cp", "from_tr", "from_tt", "from_tucker", "round", "to_cp", "to_tr",
            "to_tt", "to_tucker", "tt_to_tr", "tt_to_tucker", "tucker_to_tt"]
@@ -167,7 +167,7 @@ def to_tt(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> TTTen
 
     Every factor is written as a small TT over the modes; the TT of W is their
     mode-by-mode Kronecker product, with bonds carried along the cuts they span (see
-    :mod:`sekron._to_tt`). Axis-aligned structures give their cores directly (a TT, the
+    :mod:`sekron.conversions._to_tt`). Axis-aligned structures give their cores directly (a TT, the
     TR closure, the diagonal CP cores, the TT of a Tucker core); general structures go
     through one left-to-right SVD sweep over implicit, right-orthogonal Kronecker cores.
 

@@ -1,7 +1,7 @@
 """``decompose``: any tensor to SeKron form, by the pattern's classical algorithm on R(W).
 
 The registry :data:`DECOMPOSITIONS` maps each named bond pattern to its algorithm
-(MATH.md section 4); :data:`sekron._svd.SVD_FUNCTIONS` holds the SVD variants.
+(MATH.md section 4); :data:`sekron.linalg.svd.SVD_FUNCTIONS` holds the SVD variants.
 """
 
 from __future__ import annotations
@@ -13,21 +13,21 @@ from typing import Any
 
 import tensorly as tl
 
-from . import _algorithms, _cp
-from ._backend import dispatch
-from ._truncation import Budget
-from ._validation import check_array, check_float_dtype, check_tol, finite_sq_norm
-from .sekron_tensor import SeKronTensor, _as_structure
-from .structure import Structure
+from .._backend import dispatch
+from .._validation import check_array, check_float_dtype, check_tol, finite_sq_norm
+from ..linalg.truncation import Budget
+from ..sekron_tensor import SeKronTensor, _as_structure
+from ..structure import Structure
+from . import _cp, _svd_based
 
-Algorithm = Callable[[Any, _algorithms.Context], list[Any]]
+Algorithm = Callable[[Any, _svd_based.Context], list[Any]]
 
 DECOMPOSITIONS: dict[str, Algorithm] = {
-    "nested": _algorithms.nested,
-    "chain": _algorithms.chain,
-    "ring": _algorithms.ring,
+    "nested": _svd_based.nested,
+    "chain": _svd_based.chain,
+    "ring": _svd_based.ring,
     "cp": _cp.cp,
-    "tucker": _algorithms.tucker,
+    "tucker": _svd_based.tucker,
 }
 
 #: patterns whose ``tol`` is guaranteed by the SVD spectra (cp meets it by growing its rank)
@@ -65,7 +65,7 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
         budget split over the S - 1 cuts); for cp the rank grows until ALS meets it
         (exact at the top rank), unless ``rank`` caps it first.
     svd : str or callable
-        "auto", "full", "gram", "randomized" (see ``sekron._svd``), or a function
+        "auto", "full", "gram", "randomized" (see ``sekron.linalg.svd``), or a function
         ``f(M, rank, random_state) -> (U, s, Vh)`` on batches ``M`` of shape (B, m, n).
     random_state : None, int or numpy Generator
         Seeds the randomized SVD and the cp initialisation.
@@ -118,7 +118,7 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
     if st.n_factors == 1:
         factors = [tl.reshape(T, st.factor_shapes[0])]
     else:
-        ctx = _algorithms.Context(st, caps, budget, svd, tol, random_state, options)
+        ctx = _svd_based.Context(st, caps, budget, svd, tol, random_state, options)
         factors = DECOMPOSITIONS[st.pattern](T, ctx)
     if budget.clipped:
         text = ", ".join(f"{lab!r} from {req} to {got}" for lab, (req, got) in budget.clipped.items())

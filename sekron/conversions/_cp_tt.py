@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ._tt_ops import constant
+from ..linalg.tt import constant
 
 
 def _z(core: Any, U: Any) -> Any:

@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _conv_plan as cp
-from ._backend import infer_backend, using
-from ._contract import einsum2
-from ._conv_backends import conv_ops
-from ._validation import check_array, check_choice, check_int, check_shape
-from .sekron_tensor import SeKronTensor
+from .._backend import infer_backend, using
+from .._validation import check_array, check_choice, check_int, check_shape
+from ..linalg.contract import einsum2
+from ..sekron_tensor import SeKronTensor
+from . import _plan as cp
+from ._backends import conv_ops
 
 PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
 
@@ -295,7 +295,7 @@ def clear_conv_cache() -> None:
     Examples
     --------
     >>> import numpy as np, sekron
-    >>> from sekron.conv import conv
+    >>> from sekron import conv
     >>> sk = sekron.random_sekron([(2, 2, 3, 1), (2, 2, 1, 3)], 2)
     >>> conv(np.ones((1, 4, 5, 5)), sk, padding=1).shape  # with torch tensors, kept for reuse
     (1, 4, 5, 5)
@@ -377,7 +377,7 @@ def conv(x: Any, sk: SeKronTensor, stride: int | Sequence[int] = 1, padding: int
     Examples
     --------
     >>> import numpy as np, sekron
-    >>> from sekron.conv import conv
+    >>> from sekron import conv
     >>> st = sekron.Structure([(2, 4, 3, 1), (4, 2, 1, 3)], "cp")
     >>> sk = sekron.random_sekron(st, 2)
     >>> x = np.random.default_rng(0).standard_normal((1, 8, 6, 6))
@@ -421,7 +421,7 @@ def conv_cost(sk: SeKronTensor, input_shape: Sequence[int], stride: int | Sequen
     Examples
     --------
     >>> import sekron
-    >>> from sekron.conv import conv_cost
+    >>> from sekron import conv_cost
     >>> st = sekron.Structure([(1, 64, 1, 1), (64, 1, 3, 3)], "cp")   # 1x1 then 3x3
     >>> cost = conv_cost(sekron.random_sekron(st, 8), (16, 64, 56, 56), padding=1)
     >>> cost.best.order, cost.best.macs < cost.dense.macs < cost.paper.macs

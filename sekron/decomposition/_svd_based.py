@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ._svd import SVDFunction, _ct, choose_svd, gram_eigh, gram_top, svd_full, svd_gram
-from ._svd import _eps as gram_eps
-from ._truncation import Budget, branch_mask, choose_ranks
-from .structure import Structure
+from ..linalg.svd import SVDFunction, _ct, choose_svd, gram_eigh, gram_top, svd_full, svd_gram
+from ..linalg.svd import _eps as gram_eps
+from ..linalg.truncation import Budget, branch_mask, choose_ranks
+from ..structure import Structure
 
 
 class Context:

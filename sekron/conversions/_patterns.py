@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ._backend import dispatch
-from ._contract import contract, einsum2
-from ._svd import svd_full
-from ._truncation import Budget, branch_mask, choose_ranks
-from ._tt_ops import constant, tt_round
-from ._typing import PATTERNS
-from ._validation import check_tol
-from .sekron_tensor import SeKronTensor
-from .structure import Structure
+from .._backend import dispatch
+from .._typing import PATTERNS
+from .._validation import check_tol
+from ..linalg.contract import contract, einsum2
+from ..linalg.svd import svd_full
+from ..linalg.truncation import Budget, branch_mask, choose_ranks
+from ..linalg.tt import constant, tt_round
+from ..sekron_tensor import SeKronTensor
+from ..structure import Structure
 
 
 def _users(labels: Sequence[str]) -> dict[str, list[int]]:

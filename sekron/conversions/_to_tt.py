@@ -15,7 +15,7 @@ factors tap it at different modes is carried along the cuts in between as a *wir
   closure, the diagonal cores of a CP and the TT of a Tucker core.
 * general structures: every bond is tapped at mode 0, every factor's TT is computed
   right-orthogonal, and the cores of W at modes 1.. are Kronecker products of the
-  factors' cores, never formed: the sweep of :mod:`sekron._tt_ops` multiplies the carried
+  factors' cores, never formed: the sweep of :mod:`sekron.linalg.tt` multiplies the carried
   matrix into them one factor at a time. W itself is never formed in either layout.
 """
 
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ._contract import contract
-from ._truncation import Budget
-from ._tt_ops import Applier, constant, exact_rtol, sweep, tt_round, tt_svd
-from .sekron_tensor import SeKronTensor
-from .structure import Structure
+from ..linalg.contract import contract
+from ..linalg.truncation import Budget
+from ..linalg.tt import Applier, constant, exact_rtol, sweep, tt_round, tt_svd
+from ..sekron_tensor import SeKronTensor
+from ..structure import Structure
 
 
 class _Labels:
@@ -149,7 +149,7 @@ class _KronCore:
     """``Y = carry @ core_m`` of the general layout, applied one factor core at a time.
 
     Besides forming Y (``__call__``), it gives ``Y @ X`` and ``Y^H @ Q`` for the implicit
-    randomized SVD of :func:`sekron._tt_ops.sweep`, which never forms Y either.
+    randomized SVD of :func:`sekron.linalg.tt.sweep`, which never forms Y either.
     """
 
     def __init__(self, plan: TTPlan, m: int) -> None:

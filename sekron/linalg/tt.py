@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ._svd import _eps, svd_full, svd_randomized
-from ._truncation import Budget
+from .svd import _eps, svd_full, svd_randomized
+from .truncation import Budget
 
 Applier = Callable[[Any], Any]
 
@@ -105,7 +105,7 @@ def explicit_appliers(cores: Sequence[Any]) -> list[Applier]:
 
 def parse_tt_rank(rank: Any, n_modes: int) -> list[int | None]:
     """Caps for the ``N - 1`` inner TT ranks: None, an int, ``N - 1`` ints, or ``N + 1`` ints with 1 at both ends."""
-    from ._validation import check_int
+    from .._validation import check_int
 
     cuts = max(n_modes - 1, 0)
     if rank is None:

@@ -12,7 +12,7 @@ Search space (for a weight of shape ``(d_1, .., d_N)``, e.g. a conv kernel ``(F,
    second factor in two (both parts non-trivial). They share the S = 2 level-1 split
    ``(P_1 | P_2 P_3)``, which nested, chain and tucker all start from, so one spectrum
    serves every refinement. When a second factor has more than :data:`TOP_SPLITS` splits,
-   they are screened by an estimated nested error (see :func:`sekron._search_scoring.split_screen`) and the
+   they are screened by an estimated nested error (see :func:`sekron.structure_search._scoring.split_screen`) and the
    :data:`TOP_SPLITS` best are scored as nested; chain and tucker on the :data:`TOP_REFINE`
    best of those; cp (ALS) on the :data:`TOP_CP` best S = 3 grids.
 3. **Merged spatial modes** (conv kernels with D >= 2): grids whose factors own whole modes
@@ -24,14 +24,14 @@ Search space (for a weight of shape ``(d_1, .., d_N)``, e.g. a conv kernel ``(F,
 4. **Baselines, always present**: the axis-aligned TT (chain), TR (ring), CP and Tucker
    structures (:meth:`sekron.Structure.tt` and friends), scored by their own algorithms:
    TT / TR / Tucker ranks from the unfolding spectra matched to the budget, then one exact
-   ``decompose`` (:mod:`sekron._search_baselines`); CP by ALS.
+   ``decompose`` (:mod:`sekron.structure_search._baselines`); CP by ALS.
 
-All scoring runs with BLAS limited to one thread (:func:`sekron._search_baselines.single_blas_thread`):
+All scoring runs with BLAS limited to one thread (:func:`sekron.structure_search._baselines.single_blas_thread`):
 its many small ``eigh`` calls are far slower threaded on a busy machine.
 
 Pruning: a structure whose smallest rank exceeds the parameter budget is dropped, and
 each (structure, pattern) contributes its least-error rank choice within the budget
-(and within ``max_macs``, from :func:`sekron.conv.conv_cost`). Errors are exact
+(and within ``max_macs``, from :func:`sekron.conv_cost`). Errors are exact
 (``decompose`` with the candidate's ``options`` reproduces them); only cp relies on ALS.
 """
 
@@ -45,15 +45,15 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from . import _search_baselines as bl
-from . import _search_scoring as sc
-from ._backend import infer_backend, using
-from ._search_grouped import cp_rank as _cp_rank
-from ._search_grouped import whole_mode_families as _grouped
-from ._validation import check_array, check_choice
-from .decomposition import decompose
-from .sekron_tensor import SeKronTensor
-from .structure import Structure, structures
+from .._backend import infer_backend, using
+from .._validation import check_array, check_choice
+from ..decomposition import decompose
+from ..sekron_tensor import SeKronTensor
+from ..structure import Structure, structures
+from . import _baselines as bl
+from . import _scoring as sc
+from ._grouped import cp_rank as _cp_rank
+from ._grouped import whole_mode_families as _grouped
 
 #: total Gram flops below which every S = 2 grid is scored
 EXHAUSTIVE_FLOPS = 4e9
@@ -306,7 +306,7 @@ def _families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: 
 def candidate_macs(st: Structure, rank: dict[str, int], input_shape: Sequence[int], stride: Any = 1,
                    padding: Any = 0, dilation: Any = 1) -> int:
     """MACs of the best plan (factorized or dense, as ``implementation="auto"`` picks) for this kernel."""
-    from .conv import conv_cost
+    from ..convolution import conv_cost
 
     factors = [np.zeros(tuple(rank[c] for c in lab) + fs, dtype=np.float32)
                for lab, fs in zip(st.labels, st.factor_shapes)]
@@ -358,7 +358,7 @@ def search(weight: Any, *, ratio: float | None = None, max_params: float | None 
         MAC cap of the convolution (needs ``input_shape``).
     input_shape : sequence of int, optional
         ``(B, C, *spatial)`` of the convolution's input; gives every candidate its MACs
-        (:func:`sekron.conv.conv_cost`, with ``stride``, ``padding``, ``dilation``).
+        (:func:`sekron.conv_cost`, with ``stride``, ``padding``, ``dilation``).
     n_factors : sequence of {2, 3}
         Numbers of factors S searched (besides the baselines).
     patterns : sequence of {"nested", "chain", "cp", "tucker"}
@@ -381,7 +381,7 @@ def search(weight: Any, *, ratio: float | None = None, max_params: float | None 
     Examples
     --------
     >>> import numpy as np
-    >>> from sekron.search import search
+    >>> from sekron import search
     >>> W = np.random.default_rng(0).standard_normal((16, 8, 3, 3))
     >>> best = search(W, ratio=4)[0]
     >>> best.params <= W.size / 4

@@ -1,4 +1,4 @@
-"""Scoring of candidate structures for :func:`sekron.search.search`, one *family* at a time.
+"""Scoring of candidate structures for :func:`sekron.search`, one *family* at a time.
 
 A family is one (structure, pattern) with a table of rank choices, each with its exact
 parameter count and its relative error. How the errors are obtained:
@@ -16,7 +16,7 @@ parameter count and its relative error. How the errors are obtained:
   sweeps within :data:`ALS_FLOPS`); its factors become ``decompose``'s ``init`` with
   ``n_iter_max=0``, so ``decompose`` returns exactly them and their true error.
 - ``caps`` (the axis-aligned TT / TR / Tucker baselines): rank profiles from the spectra
-  of W's unfoldings (:mod:`sekron._search_baselines`), scaled to the budget, then one
+  of W's unfoldings (:mod:`sekron.structure_search._baselines`), scaled to the budget, then one
   ``decompose(W, st, rank=caps)`` per point; its error is again the spectrum's.
 
 Every point carries the ``decompose`` keywords that reproduce it exactly.
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _search_baselines as bl
-from .decomposition import decompose
-from .structure import Structure
+from ..decomposition import decompose
+from ..structure import Structure
+from . import _baselines as bl
 
 #: most ALS sweeps used when scoring cp candidates
 ALS_ITERS = 60
@@ -388,7 +388,7 @@ def caps_family(W: np.ndarray, st: Structure, budgets: Sequence[float], tols: Se
                 spectra: bl.Spectra | None = None) -> Family:
     """Rank caps for the TT / TR / Tucker patterns: a spectral rank profile per ``t``, scaled to each budget.
 
-    The profiles come from the unfolding spectra (:mod:`sekron._search_baselines`, no
+    The profiles come from the unfolding spectra (:mod:`sekron.structure_search._baselines`, no
     decomposition); each scaled profile is then decomposed once, ``decompose(W, st,
     rank=caps)``, which gives the exact error from the discarded singular values.
     """

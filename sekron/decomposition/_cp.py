@@ -10,7 +10,7 @@ import numpy as np
 import tensorly as tl
 from tensorly.decomposition import parafac
 
-from ._algorithms import Context, nested
+from ._svd_based import Context, nested
 
 
 def max_cp_rank(sizes: tuple[int, ...]) -> int:
@@ -52,7 +52,7 @@ def _als(T: Any, R: int, ctx: Context) -> list[Any]:
 
 
 def _cp_error_sq(T: Any, facs: list[Any]) -> float:
-    from ._contract import contract
+    from ..linalg.contract import contract
 
     ops = [("r" + chr(0xE000 + k), f) for k, f in enumerate(facs)]
     approx = contract(ops, "".join(chr(0xE000 + k) for k in range(len(facs))))

@@ -2,7 +2,7 @@
 
 These are the classical formats of a reshaped weight, e.g. CP and Tucker of a conv kernel
 seen as ``(F, C, kh*kw)``, and every two-group split of the modes (``(F | C kh kw)``,
-``(F kh | C kw)``, ...). See :mod:`sekron.search`, search space item 3.
+``(F kh | C kw)``, ...). See :mod:`sekron.structure_search`, search space item 3.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _search_baselines as bl
-from . import _search_scoring as sc
-from .structure import Structure
+from ..structure import Structure
+from . import _baselines as bl
+from . import _scoring as sc
 
 
 def cp_rank(st: Structure, budget: float) -> int:

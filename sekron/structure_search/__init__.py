@@ -1,0 +1,15 @@
+"""Structure search: the SeKron structures, bond patterns and ranks that best meet a budget.
+
+- :mod:`sekron.structure_search._search`: :func:`search`, :class:`Candidate`, the search space and
+  the ranking;
+- :mod:`sekron.structure_search._scoring`: exact errors of whole rank families from one spectrum;
+- :mod:`sekron.structure_search._baselines`: TT / TR / Tucker rank profiles and their exact scores;
+- :mod:`sekron.structure_search._grouped`: structures whose factors own whole modes.
+
+``sekron.search`` is the function :func:`search` itself; the import path ``from sekron.search
+import ...`` still resolves to this package.
+"""
+
+from ._search import BASELINES, OBJECTIVES, Candidate, candidate_macs, families, param_budget, search
+
+__all__ = ["BASELINES", "OBJECTIVES", "Candidate", "candidate_macs", "families", "param_budget", "search"]
