@@ -256,10 +256,23 @@ def _scaled(sk: SeKronTensor) -> tuple[SeKronTensor, float]:
     factors keep every partial product near 1.
     """
     scales = [_max_abs(f) for f in sk.factors]
-    if any(s is None or s == 0 or not math.isfinite(s) for s in scales) or all(s == 1 for s in scales):
+    if any(s is None or s == 0 or not math.isfinite(s) for s in scales):
         return sk, 0.0
+    logs = [math.log10(s) for s in scales]  # type: ignore[arg-type]
+    single = any(t in str(sk.dtype) for t in ("float32", "complex64", "float16"))
+    safe = 15 if single else 100  # squares of products within 10^(2 * safe) stay far from under- and overflow
+    if abs(math.fsum(logs)) <= safe and all(abs(v) <= safe for v in logs):
+        return sk, 0.0  # ordinary magnitudes: leave the factors bit for bit as they are
     factors = [f / s for f, s in zip(sk.factors, scales)]
     return SeKronTensor(factors, sk.structure), math.fsum(math.log(s) for s in scales)  # type: ignore[arg-type]
+
+
+def _unscale(arrays: list[Any], log_scale: float) -> list[Any]:
+    """Share ``exp(log_scale)`` out equally over ``arrays`` (the inverse of :func:`_scaled` on a product)."""
+    if log_scale == 0 or not arrays:
+        return arrays
+    share = math.exp(log_scale / len(arrays))
+    return [a * share for a in arrays]
 
 
 @dispatch

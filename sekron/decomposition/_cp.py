@@ -39,13 +39,29 @@ def exact_cp(T: Any, sizes: tuple[int, ...]) -> list[Any]:
     return out
 
 
+def _singular(exc: Exception) -> bool:
+    """A singular normal-equation solve inside ALS (numpy's LinAlgError, torch's and jax's equivalents)."""
+    return isinstance(exc, np.linalg.LinAlgError) or "singular" in str(exc).lower() or "LinAlgError" in type(
+        exc).__name__
+
+
 def _als(T: Any, R: int, ctx: Context) -> list[Any]:
     n_iter = int(ctx.options.get("n_iter_max", 200))
     init = ctx.options.get("init", "svd")
     with warnings.catch_warnings():  # tensorly's note that an SVD init pads small modes is not the user's concern
         warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs", category=UserWarning)
-        weights, facs = parafac(T, R, n_iter_max=n_iter, init=init, tol=1e-10, random_state=ctx.random_state,
-                                normalize_factors=False)
+        try:
+            weights, facs = parafac(T, R, n_iter_max=n_iter, init=init, tol=1e-10, random_state=ctx.random_state,
+                                    normalize_factors=False)
+        except Exception as exc:
+            if not _singular(exc):
+                raise
+            # R is above the rank the data holds (a rank-1 tensor asked for R = 2, or a numerically low-rank
+            # one): the normal equations are singular. A tiny ridge, relative to T's scale (T has entries
+            # of magnitude <= 1 here), makes them solvable and leaves the fit unchanged to rounding.
+            scale = float(tl.to_numpy(tl.max(tl.abs(tl.reshape(T, (-1,))))))
+            weights, facs = parafac(T, R, n_iter_max=n_iter, init=init, tol=1e-10, random_state=ctx.random_state,
+                                    normalize_factors=False, l2_reg=1e-12 * scale**2)
     facs = [tl.transpose(f, (1, 0)) for f in facs]  # (R, P_k)
     facs[0] = facs[0] * tl.reshape(weights, (R, 1))
     return facs

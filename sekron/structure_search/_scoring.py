@@ -294,14 +294,16 @@ def leading_vectors(M: np.ndarray, R: int) -> np.ndarray:
     return U / np.maximum(np.linalg.norm(U, axis=0), np.finfo(float).tiny)
 
 
-def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6) -> list[np.ndarray]:
-    """CP-ALS on T (numpy), SVD-initialised; returns factors (P_k, R), weights folded in.
+def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
+             init: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """CP-ALS on T (numpy), SVD-initialised (or from ``init``, factors (P_k, R)); returns factors (P_k, R),
+    weights folded in.
 
     Stops after ``n_iter`` sweeps or when the relative error changes by less than ``tol``.
     """
     rng = np.random.default_rng(0)
-    facs = []
-    for k in range(T.ndim):
+    facs = [np.array(f, dtype=float) for f in init] if init is not None else []
+    for k in range(T.ndim if init is None else 0):
         U = leading_vectors(np.moveaxis(T, k, 0).reshape(T.shape[k], -1), R)
         P = U.shape[0]
         if U.shape[1] < R:
