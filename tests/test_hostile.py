@@ -221,3 +221,16 @@ def test_formats_page_runs_from_any_directory(tmp_path: Path, monkeypatch: pytes
     for block in blocks:
         exec(compile(block, str(page), "exec"), namespace)  # verbatim, as a reader would paste it
     assert (tmp_path / "formats_tt.png").stat().st_size > 0
+
+
+def test_limits_page_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "limits.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)
+    assert namespace["old"] == 2**31  # the documented default budget

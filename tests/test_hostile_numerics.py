@@ -31,18 +31,21 @@ def rng_tensor(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 # --- cp on rank-deficient and extreme data ------------------------------------------------------
 
 
+CP_MIXED = sekron.Structure([(2, 3), (3, 2), (2, 2)], "cp")
+
+
 def test_cp_rank_above_the_data_rank() -> None:
-    a, b, c = (np.random.default_rng(k).standard_normal(4) for k in range(3))
-    W = np.einsum("i,j,k->ijk", a, b, c)  # exactly rank 1
-    for R in (2, 3):
-        sk, err = sekron.decompose(W, CP3, rank=R, random_state=0, return_error=True)
-        assert err < 1e-8 and rel(sk.to_tensor(), W) < 1e-8
+    rng = np.random.default_rng(0)
+    W = sekron.SeKronTensor([rng.standard_normal((1, *fs)) for fs in CP_MIXED.factor_shapes], CP_MIXED).to_tensor()
+    for R in (2, 3, 4):  # W is exactly Kronecker rank 1: ALS's normal equations are singular
+        sk, err = sekron.decompose(W, CP_MIXED, rank=R, random_state=0, return_error=True)
+        assert err < 1e-6 and rel(sk.to_tensor(), W) < 1e-6
 
 
 def test_cp_with_tol_on_a_numerically_low_rank_tensor() -> None:
-    i = np.arange(4)
-    W = 1.0 / (1 + i[:, None, None] + i[None, :, None] + i[None, None, :])
-    sk, err = sekron.decompose(W, CP3, tol=1e-6, random_state=0, return_error=True)
+    i = np.arange(12)
+    W = 1.0 / (1 + i[:, None] + i[None, :])  # Hilbert-like: numerically low rank
+    sk, err = sekron.decompose(W, CP_MIXED, tol=1e-6, random_state=0, return_error=True)
     assert err <= 1e-6 and rel(sk.to_tensor(), W) <= 1e-6
 
 
