@@ -25,6 +25,7 @@ Every point carries the ``decompose`` keywords that reproduce it exactly.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -295,11 +296,12 @@ def leading_vectors(M: np.ndarray, R: int) -> np.ndarray:
 
 
 def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
-             init: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+             init: Sequence[np.ndarray] | None = None, deadline: float | None = None) -> list[np.ndarray]:
     """CP-ALS on T (numpy), SVD-initialised (or from ``init``, factors (P_k, R)); returns factors (P_k, R),
     weights folded in.
 
-    Stops after ``n_iter`` sweeps or when the relative error changes by less than ``tol``.
+    Stops after ``n_iter`` sweeps, when the relative error changes by less than ``tol``, or
+    after the sweep that passes ``deadline`` (a ``time.perf_counter()`` value).
     """
     rng = np.random.default_rng(0)
     facs = [np.array(f, dtype=float) for f in init] if init is not None else []
@@ -329,7 +331,7 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
                 X = (facs[L].T @ TL).reshape((R, *(T.shape[j] for j in rest)))
         err2 = norm2 - 2 * float(np.sum(M * facs[k])) + float(np.sum(G * grams[k]))
         err = math.sqrt(max(err2, 0.0) / norm2) if norm2 > 0 else 0.0
-        if abs(last - err) < tol:
+        if abs(last - err) < tol or (deadline is not None and time.perf_counter() >= deadline):
             break
         last = err
     return facs

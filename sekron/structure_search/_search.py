@@ -488,8 +488,8 @@ def _polish(W: np.ndarray, ranked: list[Candidate]) -> list[Candidate]:
     kernels. For each of the :data:`POLISH_TOP` best candidates that came from ALS, and for the
     axis-aligned cp baseline, ALS resumes from the candidate's factors for at most
     :data:`POLISH_ITERS` sweeps (until the relative error changes by less than 1e-9); the result
-    replaces the candidate when it lowers the error. No new candidate starts after
-    :data:`POLISH_SECONDS`.
+    replaces the candidate when it lowers the error. Everything stops at the first sweep
+    that ends after :data:`POLISH_SECONDS`.
     """
     deadline = time.perf_counter() + POLISH_SECONDS
     picks = [i for i, c in enumerate(ranked) if "init" in c.options and (i < POLISH_TOP or c.baseline == "cp")]
@@ -504,7 +504,7 @@ def _polish(W: np.ndarray, ranked: list[Candidate]) -> list[Candidate]:
         start = [np.asarray(f, dtype=float) for f in factors]
         start[0] = start[0] * np.asarray(weights, dtype=float)[None, :]
         try:
-            facs = sc.fast_als(T, R, POLISH_ITERS, tol=1e-9, init=start)
+            facs = sc.fast_als(T, R, POLISH_ITERS, tol=1e-9, init=start, deadline=deadline)
             options = {"rank": R, "init": CPTensor((np.ones(R), facs)), "n_iter_max": 0}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
