@@ -219,6 +219,13 @@ def test_search_on_a_vector_and_int_n_factors() -> None:
     assert got and all(c.structure.n_factors == 2 for c in got)
 
 
+def test_cp_candidate_on_another_weight_is_refused() -> None:
+    W = rng_tensor((16, 8, 3, 3))
+    cand = next(c for c in sekron.search(W, ratio=4) if "init" in c.options)
+    with pytest.raises(ValueError, match="fitted to the weight that was searched"):
+        cand.decompose(rng_tensor((16, 8, 3, 3), seed=1))
+
+
 def test_search_candidates_decompose_torch_weights() -> None:
     torch = pytest.importorskip("torch")
     W = rng_tensor((16, 8, 3, 3))

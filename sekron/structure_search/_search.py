@@ -129,7 +129,8 @@ class Candidate:
         """Decompose ``weight`` with this candidate's structure and ranks (its error is :attr:`error`).
 
         ``weight`` may come from any framework (the search itself runs in numpy): a cp
-        candidate's starting factors are converted to the weight's framework, dtype and device.
+        candidate's factors are converted to the weight's framework, dtype and device. They
+        were fitted to the searched weight: another weight raises a ValueError.
         """
         options = dict(self.options)
         init = options.get("init")
@@ -140,6 +141,13 @@ class Candidate:
                 weights, factors = init
                 options["init"] = CPTensor((tl.tensor(np.asarray(weights), **context),
                                             [tl.tensor(np.asarray(f), **context) for f in factors]))
+            sk, err = decompose(weight, self.structure, return_error=True, **options)
+            if not math.isclose(err, self.error, rel_tol=1e-3, abs_tol=1e-6):
+                raise ValueError(
+                    f"this cp candidate's factors were fitted to the weight that was searched (relative error "
+                    f"{self.error:.4g}), but here they give {err:.4g}: pass that same weight, or decompose another "
+                    "one with sekron.decompose(weight, candidate.structure, rank=candidate.rank)")
+            return sk
         return decompose(weight, self.structure, **options)
 
     def as_dict(self) -> dict[str, Any]:
@@ -477,7 +485,9 @@ def _rescaled_init(cand: Candidate, scale: float) -> Candidate:
     if init is None or isinstance(init, str):
         return cand
     weights, factors = init
-    return replace(cand, options={**cand.options, "init": CPTensor((np.asarray(weights) * scale, list(factors)))})
+    with using("numpy"):  # CPTensor validates with tensorly's current backend
+        rescaled = CPTensor((np.asarray(weights) * scale, list(factors)))
+    return replace(cand, options={**cand.options, "init": rescaled})
 
 
 def _polish(W: np.ndarray, ranked: list[Candidate]) -> list[Candidate]:
@@ -505,7 +515,8 @@ def _polish(W: np.ndarray, ranked: list[Candidate]) -> list[Candidate]:
         start[0] = start[0] * np.asarray(weights, dtype=float)[None, :]
         try:
             facs = sc.fast_als(T, R, POLISH_ITERS, tol=1e-9, init=start, deadline=deadline)
-            options = {"rank": R, "init": CPTensor((np.ones(R), facs)), "n_iter_max": 0}
+            with using("numpy"):  # CPTensor validates with tensorly's current backend
+                options = {"rank": R, "init": CPTensor((np.ones(R), facs)), "n_iter_max": 0}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 _, err = decompose(W, cand.structure, return_error=True, **options)
