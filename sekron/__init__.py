@@ -15,6 +15,7 @@ keep working: they resolve to :mod:`sekron.convolution` and :mod:`sekron.structu
 import sys as _sys
 
 from ._validation import set_max_elements
+from .algebra import allclose, cross, inner, linear_operator
 from .conversions import (
     convert,
     cp_to_tt,
@@ -30,7 +31,9 @@ from .conversions import (
     tt_to_tucker,
     tucker_to_tt,
 )
-from .conversions import round as round  # sekron.round only: not in __all__, so * never shadows the builtin
+from .conversions import (
+    round as round,  # public as sekron.round, kept out of __all__ (it would shadow the builtin)
+)
 from .convolution import IMPLEMENTATIONS as CONV_IMPLEMENTATIONS
 from .convolution import ConvCost, PlanCost, clear_conv_cache, conv, conv_cost
 from .decomposition import DECOMPOSITIONS, decompose
@@ -56,18 +59,22 @@ __all__ = [
     "SeKronTensor",
     "Structure",
     "__version__",
+    "allclose",
     "clear_conv_cache",
     "conv",
     "conv_cost",
     "convert",
     "cp_to_tt",
+    "cross",
     "decompose",
     "draw",
     "from_cp",
     "from_tr",
     "from_tt",
     "from_tucker",
+    "inner",
     "kron",
+    "linear_operator",
     "load",
     "pattern_labels",
     "random_sekron",

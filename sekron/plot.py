@@ -1,6 +1,6 @@
 """Pictures of a structure: its bond graph and its factor-shape grid (matplotlib, optional).
 
-matplotlib is imported inside :func:`draw` only, through ``matplotlib.figure.Figure``
+matplotlib is imported inside :func:`draw` and :func:`spectrum` only, through ``matplotlib.figure.Figure``
 (no pyplot, so no global backend or state is touched). Install it with
 ``pip install sekron[plot]``.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .sekron_tensor import SeKronTensor
 from .structure import Structure
@@ -100,6 +102,93 @@ def draw(structure_or_sk: Structure | SeKronTensor, path: str | Path | None = No
     ax_graph, ax_grid = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(st.n_factors, 2), max(st.order, 2)]})
     _bond_graph(ax_graph, st, rank)
     _grid(ax_grid, st)
+    fig.tight_layout()
+    if path is None:
+        return fig
+    out = Path(path)
+    fig.savefig(out, dpi=dpi, format="png")
+    return out
+
+
+def spectrum_data(tensor: Any, structure: Structure, ranks: Any = None) -> dict[str, list[Any]]:
+    """Relative error and parameters against the rank cap, for :func:`spectrum`.
+
+    ``tensor`` is a dense array (each rank is a :func:`sekron.decompose`) or a
+    SeKronTensor with the structure's factor shapes (each rank is :func:`sekron.round` of
+    its conversion to the structure's pattern; W is never formed). The ranks run over
+    ``ranks`` (default 1..16) and stop early once the error is below ``1e-12``.
+
+    Examples
+    --------
+    >>> import numpy as np, sekron
+    >>> W = np.random.default_rng(0).standard_normal((8, 8))
+    >>> d = spectrum_data(W, sekron.Structure([(2, 2), (4, 4)]), ranks=[1, 2, 4])
+    >>> d["rank"], d["error"][0] > d["error"][1] > d["error"][2]
+    ([1, 2, 4], True)
+    """
+    import warnings
+
+    from .algebra.arithmetic import norm
+    from .conversions import convert
+    from .conversions import round as sk_round
+    from .decomposition import decompose
+
+    if not isinstance(structure, Structure):
+        raise TypeError(f"structure must be a sekron.Structure, got {type(structure).__name__}")
+    ranks = list(range(1, 17)) if ranks is None else [int(r) for r in ranks]
+    out: dict[str, list[Any]] = {"rank": [], "error": [], "params": []}
+    if isinstance(tensor, SeKronTensor):
+        if tensor.structure.factor_shapes != structure.factor_shapes:
+            raise ValueError(f"spectrum of a SeKronTensor needs the structure's factor shapes "
+                             f"{structure.factor_shapes}; the tensor has {tensor.structure.factor_shapes}")
+        base = convert(tensor, structure)
+        ref = float(np.abs(norm(tensor)))
+    for r in ranks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(tensor, SeKronTensor):
+                approx = sk_round(base, rank=r)
+                err = float(np.abs(norm(approx - base))) / max(ref, 1e-300)
+            else:
+                approx, err = decompose(tensor, structure, rank=r, return_error=True)
+        out["rank"].append(r)
+        out["error"].append(float(err))
+        out["params"].append(approx.n_params)
+        if err < 1e-12:
+            break
+    return out
+
+
+def spectrum(tensor: Any, structure: Structure, path: str | Path | None = None, *, ranks: Any = None,
+             dpi: int = 110) -> Any:
+    """Plot the relative error of ``structure`` against its rank cap (and the parameters it costs).
+
+    See :func:`spectrum_data` for what is computed. Returns the saved path, or the
+    matplotlib Figure when ``path`` is None.
+
+    Examples
+    --------
+    >>> import numpy as np, sekron, tempfile, os
+    >>> W = np.random.default_rng(0).standard_normal((8, 8))
+    >>> out = spectrum(W, sekron.Structure([(2, 2), (4, 4)]), os.path.join(tempfile.mkdtemp(), "s.png"))
+    >>> out.suffix
+    '.png'
+    """
+    data = spectrum_data(tensor, structure, ranks)
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("spectrum needs matplotlib: pip install 'sekron[plot]'") from exc
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
+    err = np.maximum(np.array(data["error"]), 1e-17)
+    ax.semilogy(data["rank"], err, "o-", color="tab:blue")
+    for r, e, p in zip(data["rank"], err, data["params"]):
+        ax.annotate(str(p), (r, e), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    ax.set_xlabel("rank cap (every bond)")
+    ax.set_ylabel("relative error ||W - W_r|| / ||W||")
+    ax.set_title(f"pattern {structure.pattern!r}, grid {structure.factor_shapes} (labels: parameters)", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     if path is None:
         return fig

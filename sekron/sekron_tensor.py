@@ -21,11 +21,10 @@ import tensorly as tl
 
 from ._backend import dispatch, infer_backend, using
 from ._validation import check_array, check_size
-from .linalg.contract import contract, einsum2
+from .linalg.contract import contract
 from .structure import Structure
 
 _DIGIT_BASE = 0xE000  # private-use characters label the digit axes in contractions
-_PRIME_BASE = 0xF0000  # and the primed (conjugate) copy of each bond in norm()
 
 
 def _as_structure(structure: Any) -> Structure:
@@ -178,10 +177,10 @@ class SeKronTensor:
         return sekron_to_tensor(self)
 
     def norm(self) -> Any:
-        """Frobenius norm of W, contracted from the factors' Gram matrices.
+        """Frobenius norm of W, ``sqrt(sekron.inner(self, self))`` contracted from the factors.
 
-        Falls back to the dense norm when the doubled bond network would be larger
-        than W itself.
+        Small tensors (at most ``2**16`` entries) whose doubled bond network would be
+        larger than W are summed densely; W is never formed otherwise.
 
         Examples
         --------
@@ -190,20 +189,130 @@ class SeKronTensor:
         >>> bool(np.isclose(sk.norm(), np.linalg.norm(sk.to_tensor())))
         True
         """
-        return _norm(self)
+        from .algebra.arithmetic import norm
+
+        return norm(self)
+
+    # --- computing in SeKron form (sekron.algebra; W is never formed) -----------------
+    __array_ufunc__ = None  # numpy defers to the operators below instead of densifying
+
+    def __add__(self, other: Any) -> SeKronTensor:
+        from .algebra.arithmetic import add
+
+        return add(self, other) if isinstance(other, SeKronTensor) else NotImplemented
+
+    def __radd__(self, other: Any) -> SeKronTensor:
+        if isinstance(other, int) and other == 0:  # sum([a, b, ...]) starts from 0
+            return self
+        return NotImplemented
+
+    def __sub__(self, other: Any) -> SeKronTensor:
+        from .algebra.arithmetic import subtract
+
+        return subtract(self, other) if isinstance(other, SeKronTensor) else NotImplemented
+
+    def __neg__(self) -> SeKronTensor:
+        from .algebra.arithmetic import negative
+
+        return negative(self)
+
+    def __mul__(self, other: Any) -> SeKronTensor:
+        from .algebra._common import is_scalar
+        from .algebra.arithmetic import hadamard, scale
+
+        if isinstance(other, SeKronTensor):
+            return hadamard(self, other)
+        return scale(self, other) if is_scalar(other) else NotImplemented
+
+    def __rmul__(self, other: Any) -> SeKronTensor:
+        from .algebra._common import is_scalar
+        from .algebra.arithmetic import scale
+
+        return scale(self, other) if is_scalar(other) else NotImplemented
+
+    def __truediv__(self, other: Any) -> SeKronTensor:
+        from .algebra._common import is_scalar
+        from .algebra.arithmetic import scale
+
+        if not is_scalar(other):
+            return NotImplemented
+        return scale(self, 1 / other)
+
+    def __matmul__(self, other: Any) -> Any:
+        from .algebra.linear import matmul
+
+        return NotImplemented if isinstance(other, SeKronTensor) else matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        from .algebra.linear import rmatmul
+
+        return rmatmul(self, other)
+
+    @property
+    def T(self) -> SeKronTensor:
+        """The transpose (every factor's digit axes reversed); ``W.T`` for a matrix."""
+        from .algebra.linear import transpose
+
+        return transpose(self)
+
+    def conj(self) -> SeKronTensor:
+        """The complex conjugate (see :func:`sekron.algebra.conj`)."""
+        from .algebra.arithmetic import conj
+
+        return conj(self)
+
+    def astype(self, dtype: Any) -> SeKronTensor:
+        """The factors cast to ``dtype`` (see :func:`sekron.algebra.astype`)."""
+        from .algebra.arithmetic import astype
+
+        return astype(self, dtype)
+
+    def entries(self, idx: Any) -> Any:
+        """``W[idx[j]]`` for an (n, N) integer array, from the factors (see :func:`sekron.algebra.entries`)."""
+        from .algebra.indexing import entries
+
+        return entries(self, idx)
+
+    def __getitem__(self, key: Any) -> Any:
+        from .algebra.indexing import getitem
+
+        return getitem(self, key)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        from .algebra.linear import dense
+
+        return dense(self, dtype)
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("== on SeKronTensors is ambiguous (entry-wise? identity?); use sekron.allclose(a, b) to "
+                        "compare values, or `a is b` for identity")
+
+    def __ne__(self, other: object) -> bool:
+        raise TypeError("!= on SeKronTensors is ambiguous; use not sekron.allclose(a, b), or `a is not b`")
+
+    __hash__ = object.__hash__  # identity, like its (immutable) object; == never returns True for others
 
     def __repr__(self) -> str:
+        from .algebra._common import device_of
+
         st = self._structure
         dense = math.prod(self.shape)
         head = (
             f"SeKronTensor(shape={self.shape}, pattern={st.pattern!r}, rank={self.rank}, "
-            f"n_params={self.n_params}, compression={dense / max(self.n_params, 1):.2f}x"
+            f"n_params={self.n_params}, compression={dense / max(self.n_params, 1):.2f}x, "
+            f"dtype={str(self.dtype).replace('torch.', '')}, backend={self._backend}, "
+            f"device={device_of(self._factors[0])}"
         )
         rows = [
             f"  factor {k}: digits {s}  bonds {lab!r}  stored {tuple(int(d) for d in f.shape)}"
             for k, (f, s, lab) in enumerate(zip(self._factors, st.factor_shapes, st.labels))
         ]
         return "\n".join([head, *rows]) + ")"
+
+    def _repr_html_(self) -> str:
+        from .algebra.display import html
+
+        return html(self)
 
 
 def _digit(k: int) -> str:
@@ -273,31 +382,6 @@ def _unscale(arrays: list[Any], log_scale: float) -> list[Any]:
         return arrays
     share = math.exp(log_scale / len(arrays))
     return [a * share for a in arrays]
-
-
-@dispatch
-def _norm(sk: SeKronTensor) -> Any:
-    scaled, log_scale = _scaled(sk)
-    value = _norm_unscaled(scaled)
-    if log_scale == 0:
-        return value
-    with np.errstate(over="ignore"):  # a norm beyond the dtype's range is inf, as numpy's would be
-        return value * float(np.exp(log_scale))
-
-
-def _norm_unscaled(sk: SeKronTensor) -> Any:
-    st = sk.structure
-    bond_cells = math.prod(sk.rank.values())
-    if bond_cells * bond_cells > math.prod(st.shape):
-        return tl.norm(tl.reshape(sk.to_tensor(), (-1,)))
-    grams = []
-    for spec, f in _flat_operands(sk):
-        bonds = spec[:-1]
-        primed = "".join(chr(_PRIME_BASE + ord(c)) for c in bonds)
-        g = einsum2(spec, f, primed + spec[-1], tl.conj(f), bonds + primed)
-        grams.append((bonds + primed, g))
-    sq = contract(grams, "")
-    return tl.sqrt(tl.abs(sq))
 
 
 def _check_rank_given(st: Structure, rank: Any) -> dict[str, int]:

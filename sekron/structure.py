@@ -3,7 +3,7 @@
 A structure of a tensor of shape ``(d_1, .., d_N)`` is a grid of ``S`` factor shapes
 ``a^(k) = (a_1^(k), .., a_N^(k))`` with ``prod_k a_n^(k) = d_n`` for every mode, plus
 a bond pattern: for every factor, the string of bond labels it carries (one
-character per bond). See MATH.md sections 2 and 3, summarised in the docs.
+character per bond). See docs/math.md §2 and §3.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class Structure:
         self._labels: Labels = checked
         self._pattern: str | None = pattern
 
-    # --- constructors of the classical formats (MATH.md section 5) -------------------
+    # --- constructors of the classical formats (docs/math.md §5) -------------------
     @staticmethod
     def _axis_aligned(shape: Sequence[int]) -> FactorShapes:
         shape = check_shape(shape, "shape")
@@ -283,7 +283,7 @@ class Structure:
             return {c: check_int(r, f"{name}[{i}]") for i, (c, r) in enumerate(zip(bonds, rank))}
         return {c: check_int(rank, name) for c in bonds}
 
-    # --- rearrangement (MATH.md section 2) -------------------------------------------
+    # --- rearrangement (docs/math.md §2) -------------------------------------------
     def _digit_shape(self) -> Shape:
         # mode-major digits: (a_1^(1)..a_1^(S), a_2^(1)..a_2^(S), ..)
         return tuple(s[n] for n in range(self.order) for s in self._factor_shapes)

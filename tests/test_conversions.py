@@ -315,7 +315,7 @@ def test_round_nested_ranks_never_grow_and_warns() -> None:
 
 
 def test_round_errors() -> None:
-    sk = sekron.random_sekron(sekron.Structure([(2, 2)] * 3, "cp"), 2)
+    sk = sekron.random_sekron(sekron.Structure([(2, 2)] * 3, labels=["ab", "a", "b"]), 2)
     with pytest.raises(ValueError, match="round supports"):
         sk_round(sk)
     ring = sekron.random_sekron(sekron.Structure([(2, 2)] * 3, "ring"), 2)

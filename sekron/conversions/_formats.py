@@ -1,6 +1,6 @@
 """Exact mappings between SeKron and the classical formats, and sekron as a hub between them.
 
-MATH.md section 5: with the axis-aligned structure (factor k owns mode k) a TT is the
+docs/math.md §5: with the axis-aligned structure (factor k owns mode k) a TT is the
 ``chain`` pattern, a TR the ``ring`` pattern, a CP the ``cp`` pattern and a Tucker
 decomposition the ``tucker`` pattern with the core as an extra factor whose digit shape
 is all ones. ``from_*`` map a tensorly container onto those structures without changing

@@ -10,7 +10,7 @@ c it carries; a factor that carries one copy of c without using c is constant al
 Summing the target bonds then sums every source bond exactly once: the conversion is
 exact. It is possible whenever the target's bond graph joins the factors of every
 source bond, which holds for every pair of named patterns; the ranks it needs are
-MATH.md's containments (chain -> nested keeps the ranks, nested -> chain and
+the containments of docs/math.md §3 (chain -> nested keeps the ranks, nested -> chain and
 tucker -> chain take running products, anything -> cp takes the product of all ranks).
 """
 
@@ -266,7 +266,20 @@ def _round_nested(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> 
     return factors
 
 
-_ROUNDERS = {"chain": _round_chain, "ring": _round_ring, "nested": _round_nested}
+def _round_tucker(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[Any]:
+    from ..algebra.rounding import round_tucker
+
+    return round_tucker(sk, caps, tol)
+
+
+def _round_cp(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[Any]:
+    from ..algebra.rounding import round_cp
+
+    return round_cp(sk, caps, tol)
+
+
+_ROUNDERS = {"chain": _round_chain, "ring": _round_ring, "nested": _round_nested, "tucker": _round_tucker,
+             "cp": _round_cp}
 
 
 @dispatch
@@ -278,6 +291,12 @@ def round_(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> SeKr
     * ``ring``: the same on the ring opened at its closing bond, which is kept; the
       budget is divided by ``sqrt(R_z)`` (closing the ring adds at most that factor), so
       ``||W - W_hat|| <= tol ||W||`` still holds.
+    * ``tucker``: the factors are orthogonalised into the core, whose HOSVD over the bond
+      modes is truncated: ``||W - W_hat|| <= tol ||W||`` (HOSVD bound).
+    * ``cp``: terms parallel in all factors but one are merged exactly; then, with ``tol``,
+      the smallest rank whose CP-ALS fit (from the factors) has a measured error within
+      ``tol ||W||``; with ``rank`` alone, the ALS fit at that rank (no guarantee). See
+      :mod:`sekron.algebra.rounding`.
     * ``nested``: the paper's recursive truncation re-run on the factors: each branch's
       remainder is seen through the Gram matrix of the old sub-network, so the error is
       the sum of the discarded squared singular values, as for ``decompose``. The
@@ -313,7 +332,7 @@ def round_(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> SeKr
     if st.pattern == "nested" and st.n_factors > 2 and rank is None and tol is None:
         return sk  # nothing to truncate; a re-orthogonalised nested form could need larger ranks
     scaled, log_scale = _scaled(sk)  # tiny or huge factors: round at unit scale (no Gram entry underflows)
-    if st.n_factors == 2 and st.pattern in ("nested", "chain"):
+    if st.n_factors == 2 and st.pattern in ("nested", "chain", "tucker", "cp"):  # one bond: the SVD is optimal
         out = SeKronTensor(_unscale(_round_chain(scaled, caps, tol), log_scale), st)
     else:
         out = SeKronTensor(_unscale(_ROUNDERS[str(st.pattern)](scaled, caps, tol), log_scale), st)

@@ -2,7 +2,7 @@
 
 A kernel ``W`` of shape ``(F, C, K_1..K_D)`` in SeKron form is never formed: each
 factor is applied as one batched, grouped convolution (a *stage*), at the dilation
-that its place in the Kronecker digits gives it (MATH.md section 6). The stages
+that its place in the Kronecker digits gives it (docs/math.md §6). The stages
 commute, so a planner picks the order of lowest cost, or reconstruction followed by
 one dense convolution when that is cheaper. The factor axes follow the convention of
 :mod:`sekron.sekron_tensor`; factor ``k``'s digit shape is ``(f_k, c_k, h_k^(1)..h_k^(D))``.
@@ -348,7 +348,7 @@ def conv(x: Any, sk: SeKronTensor, stride: int | Sequence[int] = 1, padding: int
     Equal to ``torch.nn.functional.conv{D}d(x, sk.to_tensor(), bias, stride, padding,
     dilation)`` (with ``padding_mode`` applied as ``torch.nn.Conv{D}d`` does), but
     factor by factor: each factor is one batched, grouped convolution at dilation
-    ``dilation * prod_{l>k} h_l`` (MATH.md section 6). The input is padded once, the
+    ``dilation * prod_{l>k} h_l`` (docs/math.md §6). The input is padded once, the
     stages run 'valid', and the stride is applied at the last stage with a kernel
     wider than 1 on that axis (exact).
 
@@ -421,7 +421,7 @@ def conv_cost(sk: SeKronTensor, input_shape: Sequence[int], stride: int | Sequen
     """Modelled cost of :func:`conv`: the paper's order, the planner's best order and dense.
 
     A stage costs out-positions x batch x groups x in-channels x out-channels x prod h_k
-    MACs (MATH.md section 6); dense costs the reconstruction of the kernel (saved when an
+    MACs (docs/math.md §6); dense costs the reconstruction of the kernel (saved when an
     inference call reuses a kernel formed earlier, see ``_dense_kernel``) plus
     out-positions x B x F x C x prod K. The planner ranks plans by MACs plus
     ``MEMORY_WEIGHT`` MACs per element written (stage outputs, permuted copies,

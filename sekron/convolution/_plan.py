@@ -2,7 +2,7 @@
 
 A plan is pure bookkeeping over shapes (no arrays): which factor each stage applies,
 how the intermediate's labelled axes are permuted and grouped for one batched,
-grouped convolution, and what that costs (MATH.md section 6).
+grouped convolution, and what that costs (docs/math.md §6).
 
 Axis labels of the intermediate tensor: ``"B"`` (the batch), ``"c<k>"`` (input channel
 digit of factor k, not yet contracted), ``"f<k>"`` (output channel digit produced by

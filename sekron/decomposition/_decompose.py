@@ -1,7 +1,7 @@
 """``decompose``: any tensor to SeKron form, by the pattern's classical algorithm on R(W).
 
 The registry :data:`DECOMPOSITIONS` maps each named bond pattern to its algorithm
-(MATH.md section 4); :data:`sekron.linalg.svd.SVD_FUNCTIONS` holds the SVD variants.
+(docs/math.md §4); :data:`sekron.linalg.svd.SVD_FUNCTIONS` holds the SVD variants.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
     Parameters
     ----------
     tensor : array of shape ``structure.shape``
-        Floating or complex; any tensorly backend. It is never modified.
+        Floating or complex; any tensorly backend. It is never modified. A
+        ``dask.array.Array`` is decomposed out of core (nested, chain, ring, tucker; see
+        docs/dask.md): the first cut streams over its chunks, the rest runs in memory.
     structure : Structure or list of factor shapes
         A plain list means the ``nested`` pattern.
     rank : None, int, sequence of int, or {label: int}
@@ -105,6 +107,11 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
     >>> sk.rank, err < 1e-12
     ({'a': 1}, True)
     """
+    if type(tensor).__module__.startswith("dask."):  # out of core: the first cut is streamed (sekron._dask)
+        from .._dask import decompose_dask
+
+        return decompose_dask(tensor, structure, rank, tol=tol, svd=svd, random_state=random_state,
+                              return_error=return_error, **options)
     check_array(tensor, "tensor")
     st = _as_structure(structure)
     shape = tuple(int(s) for s in tensor.shape)

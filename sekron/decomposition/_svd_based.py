@@ -1,4 +1,4 @@
-"""Per-pattern decomposition algorithms on the rearranged tensor T (MATH.md section 4).
+"""Per-pattern decomposition algorithms on the rearranged tensor T (docs/math.md §4).
 
 Each algorithm takes T of shape ``(P_1, .., P_S)`` and returns the factors in the
 SeKronTensor axis convention (see :mod:`sekron.sekron_tensor`) and the achieved

@@ -6,7 +6,7 @@ parameter count and its relative error. How the errors are obtained:
 - ``spectrum`` (S = 2 any pattern, S = 3 nested / chain / tucker): from singular
   values only, never a reconstruction. With rank caps (and no ``tol``) ``decompose``
   keeps ``min(cap, k)`` terms on every branch, and its squared error is the sum of the
-  discarded squared singular values (MATH.md section 4). S = 2: the tail of the
+  discarded squared singular values (docs/math.md §4). S = 2: the tail of the
   spectrum of ``R(W)`` as a ``(P_1, P_2)`` matrix. S = 3: the level-1 split
   ``(P_1 | P_2 P_3)`` gives ``s`` and the carried rows ``C_r = s_r v_r``; then
   nested adds each branch's tail of ``C_r`` as a ``(P_2, P_3)`` matrix, chain (TT-SVD)
@@ -36,6 +36,7 @@ import numpy as np
 from ..decomposition import decompose
 from ..structure import Structure
 from . import _baselines as bl
+from ._cache import memo
 
 #: most ALS sweeps used when scoring cp candidates
 ALS_ITERS = 60
@@ -122,7 +123,8 @@ def level1(T: np.ndarray, P1: int, r: int | None = None) -> tuple[np.ndarray, np
 def two_factor(W: np.ndarray, st: Structure, max_params: float, pattern: str) -> Family:
     """All ranks of an S = 2 grid (nested = chain = cp for S = 2); errors in W's precision."""
     P1, P2 = st.factor_sizes
-    s2 = sq_svals(st.rearrange(W).reshape(P1, P2)).astype(np.float64)
+    s2 = memo("svals", W, {"grid": st.factor_shapes},
+              lambda: {"s2": sq_svals(st.rearrange(W).reshape(P1, P2)).astype(np.float64)})["s2"]
     norm2 = float(np.sum(np.abs(W.astype(np.float64)) ** 2))
     tails = _tails(s2, norm2)
     k = s2.shape[0]
@@ -373,18 +375,29 @@ def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int]) -> Family:
     opts: list[dict[str, Any]] = []
     got: list[list[int]] = []
     for R in sorted(set(int(r) for r in ranks if r >= 1)):
-        if st.n_factors == 2:
-            options: dict[str, Any] = {"rank": R}
-        else:
-            facs = fast_als(T, R, _als_iters(T.size, R, T.ndim))
+        n_iter = 0 if st.n_factors == 2 else _als_iters(T.size, R, T.ndim)
+
+        def fit(R: int = R, n_iter: int = n_iter) -> dict[str, Any]:
+            if st.n_factors == 2:
+                options: dict[str, Any] = {"rank": R}
+            else:
+                facs = fast_als(T, R, n_iter)
+                options = {"rank": R, "init": CPTensor((np.ones(R), facs)), "n_iter_max": 0}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # tensorly's SVD init clipping its n_eigenvecs
+                sk, e = decompose(W, st, return_error=True, **options)
+            out = {"params": sk.n_params, "err": e, "rank": list(sk.rank.values())}
+            return out | ({} if st.n_factors == 2 else {f"f{k}": f for k, f in enumerate(facs)})
+
+        got_R = memo("cp", W, {"grid": st.factor_shapes, "R": R, "n_iter": n_iter}, fit)
+        options = {"rank": R}
+        if st.n_factors > 2:
+            facs = [np.array(got_R[f"f{k}"]) for k in range(T.ndim)]
             options = {"rank": R, "init": CPTensor((np.ones(R), facs)), "n_iter_max": 0}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # tensorly's SVD init clipping its n_eigenvecs
-            sk, e = decompose(W, st, return_error=True, **options)
-        params.append(sk.n_params)
-        err.append(e)
+        params.append(int(got_R["params"]))
+        err.append(float(got_R["err"]))
         opts.append(options)
-        got.append(list(sk.rank.values()))
+        got.append([int(r) for r in got_R["rank"]])
     return _family(st, "als", params, err, got, opts)
 
 
@@ -414,9 +427,15 @@ def caps_family(W: np.ndarray, st: Structure, budgets: Sequence[float], tols: Se
             if key in done:
                 continue
             done.add(key)
-            options, sk, e = bl.reproducible(W, st, caps)
-            params.append(sk.n_params)
-            err.append(e)
-            opts.append(options)
-            ranks.append(list(sk.rank.values()))
+
+            def fit(caps: dict[str, int] = caps) -> dict[str, Any]:
+                options, sk, e = bl.reproducible(W, st, caps)
+                return {"options_rank": [options["rank"][c] for c in st.bond_labels], "params": sk.n_params,
+                        "err": e, "rank": list(sk.rank.values())}
+
+            got = memo("caps", W, {"structure": st.to_dict(), "caps": caps}, fit)
+            opts.append({"rank": {c: int(r) for c, r in zip(st.bond_labels, got["options_rank"])}})
+            params.append(int(got["params"]))
+            err.append(float(got["err"]))
+            ranks.append([int(r) for r in got["rank"]])
     return _family(st, "caps", params, err, ranks, opts)

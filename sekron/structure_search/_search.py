@@ -60,6 +60,8 @@ from ..sekron_tensor import SeKronTensor
 from ..structure import Structure, structures
 from . import _baselines as bl
 from . import _scoring as sc
+from ._cache import memo
+from ._candidates import Candidates
 from ._grouped import cp_rank as _cp_rank
 from ._grouped import whole_mode_families as _grouped
 
@@ -246,7 +248,10 @@ def _refine(W: np.ndarray, fam: sc.Family, budget: float, top: float, patterns: 
     """S = 3 refinements of an S = 2 grid's second factor, sharing its level-1 split."""
     a, b = fam.structure.factor_shapes
     P1 = math.prod(a)
-    s2, C = sc.level1(fam.structure.rearrange(W), P1, max(1, int(top // (P1 + 2))))
+    r = max(1, int(top // (P1 + 2)))
+    got = memo("level1", W, {"grid": fam.structure.factor_shapes, "r": r},
+               lambda: dict(zip(("s2", "C"), sc.level1(fam.structure.rearrange(W), P1, r))))
+    s2, C = got["s2"], got["C"]
     k1 = s2.shape[0]
     splits = [g for g in structures(b, 2, exclude_trivial=True) if P1 + sum(g.factor_sizes) <= budget]
     norm2 = float(np.sum(W * W))
@@ -404,7 +409,8 @@ def search(weight: Any, *, ratio: float | None = None, max_params: float | None 
     Returns
     -------
     list of Candidate
-        Sorted by ``objective``; one entry per (structure, pattern), all within budget.
+        Sorted by ``objective``; one entry per (structure, pattern), all within budget. A
+        ``list`` subclass that prints as a table and has ``to_pandas()``.
 
     Raises
     ------
@@ -477,7 +483,7 @@ def search(weight: Any, *, ratio: float | None = None, max_params: float | None 
     out = _polish(W, sorted(out, key=_SORT_KEYS[objective]))
     if scale != 1.0:  # cp starts were fitted to W / scale: hand them back at the weight's own scale
         out = [_rescaled_init(c, scale) for c in out]
-    return sorted(out, key=_SORT_KEYS[objective])
+    return Candidates(sorted(out, key=_SORT_KEYS[objective]))
 
 
 def _rescaled_init(cand: Candidate, scale: float) -> Candidate:

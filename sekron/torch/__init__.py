@@ -1,6 +1,7 @@
 """PyTorch integration: SeKron layers and whole-model compression (the only package importing torch)."""
 
 from .compress import CompressionReport, compress
+from .export import to_standard
 from .layers import (
     LAYERS,
     SeKronConv1d,
@@ -19,4 +20,5 @@ __all__ = [
     "SeKronLinear",
     "compress",
     "load_compressed",
+    "to_standard",
 ]

@@ -114,9 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the first conv/linear layer dense (default)")
     p.add_argument("--compress-first", dest="skip_first", action="store_false")
     p.add_argument("--min-kernel-size", type=int, default=1024)
+    p.add_argument("--jobs", type=int, default=-1, help="worker processes for the search (-1: all cores, 1: none)")
+    p.add_argument("--cache-dir", help="keep the per-layer search state here (npz + JSON) for later runs")
     p.add_argument("--report", help="also write the report (rows and totals) as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    p.add_argument("--onnx", metavar="OUT.onnx",
+                   help="also write the deployable ONNX file (plain convs, see sekron.torch.to_standard); "
+                        "needs --input-shape")
     return p
+
+
+def write_onnx(model: nn.Module, path: str, input_shape: Sequence[int], dynamo: bool | None = None) -> None:
+    """Export ``to_standard(model)`` in eval mode to ``path`` for inputs of ``input_shape`` (any batch size).
+
+    ``dynamo=None`` takes the dynamo exporter when ``onnxscript`` is installed, torch's
+    TorchScript-based exporter otherwise.
+    """
+    from .export import to_standard
+
+    plain = to_standard(model).eval()
+    param = next(plain.parameters())
+    x = torch.zeros(tuple(input_shape), dtype=param.dtype, device=param.device)
+    if dynamo is None:
+        dynamo = importlib.util.find_spec("onnxscript") is not None
+    with torch.no_grad():
+        names: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"]}
+        if dynamo:
+            torch.onnx.export(plain, (x,), path, dynamo=True, dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), **names)
+        else:
+            torch.onnx.export(plain, (x,), path, dynamo=False, dynamic_axes={"input": {0: "batch"}}, **names)
 
 
 def compress_main(argv: Sequence[str] | None = None) -> int:
@@ -128,6 +154,10 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
     10.0
     """
     args = build_parser().parse_args(argv)
+    if args.onnx and not args.input_shape:
+        print("sekron compress: error: --onnx needs --input-shape (the shape of the example input to export with, "
+              "e.g. 1,3,224,224)", file=sys.stderr)
+        return 2
     try:
         # every output path is checked before the (slow) compression, so nothing fails after a partial write
         check_output(args.output)
@@ -137,17 +167,23 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
         shape = None if args.input_shape is None else tuple(int(s) for s in args.input_shape.split(","))
         small, report = compress(model, args.ratio, method=args.method, include=args.include, exclude=args.exclude,
                                  skip_first=args.skip_first, min_kernel_size=args.min_kernel_size,
-                                 input_shape=shape, inplace=True, progress=not args.quiet)
+                                 input_shape=shape, inplace=True, progress=not args.quiet, n_jobs=args.jobs,
+                                 cache_dir=args.cache_dir)
     except (ValueError, TypeError, OSError) as exc:
         print(f"sekron compress: error: {exc}", file=sys.stderr)
         return 2
     torch.save(small.state_dict(), args.output)
+    if args.onnx:
+        assert shape is not None
+        write_onnx(small, args.onnx, shape)
     if args.report:
         data: dict[str, Any] = {"rows": list(report), "totals": report.totals}
         Path(args.report).write_text(json.dumps(data, indent=1))
     if not args.quiet:
         print(report)
         print(f"wrote {args.output}: load it with sekron.torch.load_compressed(<dense model>, torch.load(path))")
+        if args.onnx:
+            print(f"wrote {args.onnx}: the compressed model as plain convolutions, for onnxruntime")
     return 0
 
 

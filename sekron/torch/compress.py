@@ -23,25 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._progress import progress as progress_bar
-from ..structure_search import BASELINES, Candidate, candidate_macs, families
+from .._parallel import run_tasks
+from ..structure_search import Candidate, candidate_macs
+from ..structure_search._cache import SearchCache, default_cache, weight_hash
+from ..structure_search._layer import FINE_LADDER, LADDER, METHODS, family_from_plain, layer_task, task_arguments  # noqa: F401
 from ._allocate import Frontier, allocate, uniform
 from ._report import CompressionReport
 from .layers import LAYERS, _as_pointwise
 
-#: method -> (n_factors, patterns, baselines) of the search machinery
-METHODS: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "sekron": ((2, 3), ("nested", "chain", "cp", "tucker"), BASELINES),
-    "tt": ((), (), ("tt",)),
-    "tr": ((), (), ("tr",)),
-    "cp": ((), (), ("cp",)),
-    "tucker": ((), (), ("tucker",)),
-}
 ALLOCATIONS = ("error", "uniform")
-#: budgets (times the uniform per-layer budget) at which each layer is scored
-LADDER = (0.25, 0.5, 1.0, 2.0, 4.0)
-#: budgets on the same span for the single-format methods (tt, tr, cp, tucker)
-FINE_LADDER = 25
 
 
 @dataclass
@@ -138,18 +128,24 @@ def _sekron_macs(layer: _Layer, cand: Candidate) -> int | None:
     return candidate_macs(cand.structure, cand.rank, layer.in_shape, mod.stride, mod.padding, mod.dilation)
 
 
-def _frontier(W: np.ndarray, budget: float, method: str) -> Frontier:
-    n_factors, patterns, baselines = METHODS[method]
-    # the SeKron families hold every rank; a single classical format needs a finer ladder of budgets
-    factors = LADDER if n_factors else np.geomspace(LADDER[0], LADDER[-1], FINE_LADDER)
-    ladder = [min(budget * float(f), W.size) for f in factors]
-    fams = families(W, budget, n_factors, patterns, baselines, ladder=ladder, spectrum_top=min(W.size, 8 * budget))
-    return Frontier.from_families(fams, W.size)
-
-
 def _weight64(module: Any) -> np.ndarray:
     with torch.no_grad():
         return np.asarray(module.weight.detach().to("cpu", torch.float64).numpy())
+
+
+def _cache_of(cache: Any, cache_dir: str | None) -> SearchCache | None:
+    if isinstance(cache, SearchCache):
+        if cache_dir is not None:
+            raise ValueError("give cache_dir= or a SearchCache as cache=, not both (a SearchCache has its own "
+                             "cache_dir)")
+        return cache
+    if not isinstance(cache, bool):
+        raise TypeError(f"cache must be True, False or a SearchCache, got {type(cache).__name__}")
+    if not cache:
+        if cache_dir is not None:
+            raise ValueError("cache_dir= needs cache=True")
+        return None
+    return default_cache(cache_dir)
 
 
 def _row(layer: _Layer, cand: Candidate | None, status: str) -> dict[str, Any]:
@@ -169,7 +165,8 @@ def _row(layer: _Layer, cand: Candidate | None, status: str) -> dict[str, Any]:
 def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include: Sequence[str] | None = None,
              exclude: Sequence[str] | None = None, skip_first: bool = True, min_kernel_size: int = 1024,
              input_shape: Sequence[int] | None = None, allocation: str = "error", implementation: str = "auto",
-             inplace: bool = False, progress: bool = True) -> tuple[nn.Module, CompressionReport]:
+             inplace: bool = False, progress: bool = True, n_jobs: int = -1, client: Any = None,
+             cache: bool | SearchCache = True, cache_dir: str | None = None) -> tuple[nn.Module, CompressionReport]:
     """Replace conv and linear layers by SeKron layers so that the model has ``ratio`` times fewer parameters.
 
     Parameters
@@ -197,7 +194,20 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     implementation : {"auto", "factorized", "dense"}
         Forward plan of the new layers.
     progress : bool
-        Show a progress bar over the layers (tqdm when installed, else a plain text one).
+        Show a tqdm progress bar over the layers (with an ETA); none when tqdm is not installed.
+    n_jobs : int
+        Worker processes for the per-layer search (one BLAS thread each): -1 all cores,
+        1 none (this process). The result is the same whatever the value.
+    client : dask.distributed.Client, False or None
+        Run the per-layer searches on this dask cluster; None uses the active client when
+        ``distributed`` is imported and one exists (never starts one), False never.
+    cache : bool or SearchCache
+        Reuse per-layer search state (spectra, ALS fits, rank-capped decompositions) keyed
+        by the weight's content: True uses the process-wide cache, so compressing the same
+        model again at another ratio or allocation is much faster and gives what a cold run
+        gives. False computes everything afresh.
+    cache_dir : str, optional
+        Also keep the cache on disk there (``.npz`` + JSON, no pickle), across processes.
 
     Returns
     -------
@@ -241,10 +251,22 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         if not finite:
             raise ValueError(f"layer {layer.name!r} has NaN or Inf in its weight; clean the model first "
                              "(e.g. retrain, or torch.nan_to_num_ on that weight), or exclude the layer")
-    frontiers = []
-    for layer in progress_bar(chosen, total=len(chosen), desc=f"sekron compress ({method})", enabled=progress):
+    store = _cache_of(cache, cache_dir)
+    tasks, hashes = [], []
+    for layer in chosen:
         W = _weight64(layer.module)
-        frontiers.append(_frontier(W, W.size * room / dense, method))
+        hashes.append(weight_hash(W))
+        known = store.entries(hashes[-1]) if store is not None else {}
+        tasks.append(task_arguments(W, W.size * room / dense, method, hashes[-1], known))
+    results = run_tasks(layer_task, tasks, n_jobs=n_jobs, client=client, sizes=[t[0].size for t in tasks],
+                        progress=progress, desc=f"sekron compress ({method})")
+    frontiers, hits, misses = [], 0, 0
+    for task, whash, (plain, new, h, m) in zip(tasks, hashes, results):
+        if store is not None:
+            store.update(whash, new)
+            store.hits, store.misses = store.hits + h, store.misses + m
+        hits, misses = hits + h, misses + m
+        frontiers.append(Frontier.from_families([family_from_plain(p) for p in plain], task[0].size))
     picks = (allocate if allocation == "error" else uniform)(frontiers, room)
     uniform_err = float(sum(f.err2[i] for f, i in zip(frontiers, uniform(frontiers, room))))
     rows, err = [], 0.0
@@ -268,6 +290,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     totals = {"params_before": total, "params_after": after, "ratio": total / after, "target_ratio": ratio,
               "layers_compressed": sum(1 for r in rows if r["status"] == "compressed"), "method": method,
               "allocation": allocation, "sq_error": err, "uniform_sq_error": uniform_err,
+              "cache_hits": hits, "cache_misses": misses,
               "macs_before": None if None in macs else sum(macs),
               "macs_after": None if None in macs else sum(r["macs_after"] for r in rows)}
     return model, CompressionReport(rows, totals)

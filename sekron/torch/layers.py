@@ -12,6 +12,7 @@ rebuilt by :func:`sekron.torch.load_compressed`.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,6 +83,17 @@ def _plan(sk: SeKronTensor, implementation: str, order: Any, input_shape: Sequen
     return "factorized", cost.best.order
 
 
+def _refuse_onnx_export(layer: nn.Module) -> None:
+    """Raise a clear error when ``torch.onnx.export`` meets a SeKron layer (export ``to_standard(model)``)."""
+    if "torch.onnx" not in sys.modules or (torch.compiler.is_dynamo_compiling() and not torch.compiler.is_exporting()):
+        return  # not exporting (torch.compile traces the layer as it is)
+    if torch.onnx.is_in_onnx_export():
+        raise TypeError(
+            f"{type(layer).__name__} cannot be exported to ONNX as it is: its forward pass would rebuild the weight "
+            "from the factors at every inference. Export the plain-torch copy instead: "
+            "torch.onnx.export(sekron.torch.to_standard(model), ...), whose convolutions hold constant weights")
+
+
 class _SeKronBase(nn.Module):
     """Factors as parameters, the structure, and the state-dict plumbing shared by all layers."""
 
@@ -122,6 +134,7 @@ class _SeKronBase(nn.Module):
                 f"plan={self.implementation}{'' if self.order is None else ' ' + str(self.order)}")
 
     def get_extra_state(self) -> dict[str, Any]:
+        _refuse_onnx_export(self)  # the legacy exporter reads the state dict before the forward pass
         return {"sekron": _STATE_VERSION, "kind": type(self).__name__, "structure": self._structure.to_dict(),
                 "rank": dict(self.rank), "implementation": self.implementation,
                 "order": None if self.order is None else list(self.order)}
@@ -199,6 +212,7 @@ class _SeKronConvNd(_SeKronBase):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        _refuse_onnx_export(self)
         sk = self.sekron_weight()
         if self.groups > 1:  # one SeKron over the grouped weight (F, C / groups, K..): reconstruct, then conv
             template: Any = self.__dict__["_template"]
@@ -360,6 +374,7 @@ class SeKronLinear(_SeKronBase):
         return SeKronTensor([f.unsqueeze(-1) for f in self.factors], self._pointwise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _refuse_onnx_export(self)
         lead = x.shape[:-1]
         y = conv(x.reshape(-1, self.in_features, 1), self._kernel(), bias=self.bias,
                  implementation=self.implementation, order=self.order)

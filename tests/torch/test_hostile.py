@@ -35,12 +35,11 @@ def test_compress_with_a_nan_weight_names_the_layer() -> None:
         compress(net, 2, min_kernel_size=100, progress=False)
 
 
-def test_compress_without_tqdm(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compress_without_tqdm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    _, report = compress(_net(), 2, min_kernel_size=100, progress=True)
-    assert report.totals["layers_compressed"] == 1
-    assert "sekron compress" in capsys.readouterr().err  # the plain text bar
+    _, report = compress(_net(), 2, min_kernel_size=100, progress=True, n_jobs=1)
+    assert report.totals["layers_compressed"] == 1  # no tqdm: no bar, and no ModuleNotFoundError
 
 
 @pytest.mark.parametrize("cls, dense, spatial", [
