@@ -8,7 +8,7 @@ For one conv kernel W and a parameter budget B (= W.size / ratio):
 - ``tensorly_baseline(W, method, rank)``: the same format computed directly by
   ``tensorly.decomposition`` with the bond sizes that sekron ended up with, so both have
   the same parameter count;
-- ``sekron_best(W, B)``: SeKron with a searched structure. ``sekron.search.search`` is
+- ``sekron_best(W, B)``: SeKron with a searched structure. ``sekron.search`` is
   used when it exists (non-axis-aligned candidates only, so that SeKron is not credited
   with the classical formats it contains); otherwise a fallback search (below).
 

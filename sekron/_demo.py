@@ -13,24 +13,18 @@ import numpy as np
 from ._progress import progress
 from .decomposition import decompose
 from .structure import Structure
-from .structure_search._baselines import params_of
-
-
-def param_count(st: Structure, rank: int) -> int:
-    """Parameters of ``st`` when every bond has size ``rank`` (before clipping)."""
-    return params_of(st, dict.fromkeys(st.bond_labels, rank))
 
 
 def rank_for_budget(st: Structure, max_params: int) -> int | None:
     """Largest uniform bond size whose parameter count fits ``max_params`` (None if even 1 does not)."""
-    if param_count(st, 1) > max_params:
+    if st.n_params(1) > max_params:
         return None
     lo, hi = 1, 2
-    while param_count(st, hi) <= max_params and hi < 1 << 20:
+    while st.n_params(hi) <= max_params and hi < 1 << 20:
         lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if param_count(st, mid) <= max_params else (lo, mid)
+        lo, hi = (mid, hi) if st.n_params(mid) <= max_params else (lo, mid)
     return lo
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .structure import PATTERNS
+
 
 def _parse_structure(text: str) -> list[tuple[int, ...]]:
     try:
@@ -114,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="input tensor (.npy)")
     p.add_argument("--structure", required=True, type=_parse_structure,
                    help="factor shapes, e.g. 16x16x3x1,16x16x1x3")
-    p.add_argument("--pattern", default="nested", choices=["nested", "chain", "ring", "cp", "tucker"])
+    p.add_argument("--pattern", default="nested", choices=PATTERNS)
     p.add_argument("--rank", type=_parse_rank, default=None, help="rank cap: an int or one int per bond")
     p.add_argument("--tol", type=float, default=None, help="relative error target in (0, 1)")
     p.add_argument("--svd", default="auto", help="SVD variant: auto, full, gram, randomized")

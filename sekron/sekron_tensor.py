@@ -21,10 +21,8 @@ import tensorly as tl
 
 from ._backend import dispatch, infer_backend, using
 from ._validation import check_array, check_size
-from .linalg.contract import contract
+from .linalg.contract import LabelAllocator, contract
 from .structure import Structure
-
-_DIGIT_BASE = 0xE000  # private-use characters label the digit axes in contractions
 
 
 def _as_structure(structure: Any) -> Structure:
@@ -114,6 +112,16 @@ class SeKronTensor:
         checked, backend = _validate_factors(factors, st)
         object.__setattr__(self, "_factors", checked)
         object.__setattr__(self, "_backend", backend)
+
+    @classmethod
+    def _trusted(cls, factors: Sequence[Any], st: Structure, backend: str) -> SeKronTensor:
+        """Wrap factors that an algorithm of sekron just built for ``st`` (right by construction) on
+        ``backend``: no validation and no second backend inference."""
+        self = object.__new__(cls)
+        object.__setattr__(self, "_structure", st)
+        object.__setattr__(self, "_factors", tuple(factors))
+        object.__setattr__(self, "_backend", backend)
+        return self
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("SeKronTensor is immutable; build a new one instead")
@@ -315,16 +323,13 @@ class SeKronTensor:
         return html(self)
 
 
-def _digit(k: int) -> str:
-    return chr(_DIGIT_BASE + k)
-
-
-def _flat_operands(sk: SeKronTensor) -> list[tuple[str, Any]]:
+def _flat_operands(sk: SeKronTensor, digits: str) -> list[tuple[str, Any]]:
+    """Factor k as (its bonds, ``digits[k]``): the digit axes flattened into one."""
     st = sk.structure
     ops = []
     for k, (f, labels) in enumerate(zip(sk.factors, st.labels)):
         bond_shape = tuple(int(s) for s in f.shape[: len(labels)])
-        ops.append((labels + _digit(k), tl.reshape(f, (*bond_shape, st.factor_sizes[k]))))
+        ops.append((labels + digits[k], tl.reshape(f, (*bond_shape, st.factor_sizes[k]))))
     return ops
 
 
@@ -345,9 +350,9 @@ def sekron_to_tensor(sk: SeKronTensor) -> Any:
     st = sk.structure
     check_size(st.shape, f"the dense tensor of shape {st.shape}",
                "work with the factors instead (norm(), the conversions, conv)")
-    out = "".join(_digit(k) for k in range(st.n_factors))
-    T = contract(_flat_operands(sk), out)
-    return st.unrearrange(T)
+    out = LabelAllocator(st.labels).many(st.n_factors)
+    T = contract(_flat_operands(sk, out), out)
+    return st._unrearrange(T)
 
 
 def _max_abs(f: Any) -> float | None:
@@ -384,12 +389,6 @@ def _unscale(arrays: list[Any], log_scale: float) -> list[Any]:
     return [a * share for a in arrays]
 
 
-def _check_rank_given(st: Structure, rank: Any) -> dict[str, int]:
-    caps = st.parse_rank(rank)
-    missing = [c for c, r in caps.items() if r is None]
-    if missing:
-        raise ValueError(f"rank must give a size for every bond; bonds {missing} have none (got rank={rank!r})")
-    return {c: int(r) for c, r in caps.items() if r is not None}
 
 
 def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, random_state: Any = 0, *,
@@ -421,7 +420,7 @@ def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, ran
     if unknown:
         raise TypeError(f"random_sekron got unknown keyword arguments {unknown}; valid: backend, random_state, "
                         "and the array context dtype, device, requires_grad")
-    sizes = _check_rank_given(st, rank)
+    sizes = st._bond_sizes(rank)
     n = sum(math.prod([sizes[c] for c in labels]) * math.prod(fshape)
             for labels, fshape in zip(st.labels, st.factor_shapes))
     check_size(n, f"the factors at rank {rank!r}", "lower the rank")

@@ -10,16 +10,48 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import tensorly as tl
 
-from ._typing import PATTERNS, FactorShapes, Labels, Shape
 from ._validation import check_choice, check_int, check_shape
+
+Shape = tuple[int, ...]
+FactorShapes = tuple[Shape, ...]
+Labels = tuple[str, ...]
 
 _CHAIN_LETTERS = "abcdefghijklmnopqrstuvwxy"
 _RING_CLOSURE = "z"
+
+
+def _nested(S: int) -> Labels:
+    return (*tuple(_CHAIN_LETTERS[:k + 1] for k in range(S - 1)), _CHAIN_LETTERS[:S - 1])
+
+
+def _chain(S: int) -> Labels:
+    L = _CHAIN_LETTERS
+    return ("a", *tuple(L[k - 1] + L[k] for k in range(1, S - 1)), L[S - 2])
+
+
+def _ring(S: int) -> Labels:
+    """The chain closed by the bond z between the last and the first factor."""
+    chain = _chain(S)
+    return (_RING_CLOSURE + chain[0], *chain[1:-1], chain[-1] + _RING_CLOSURE)
+
+
+def _cp(S: int) -> Labels:
+    return ("a",) * S
+
+
+def _tucker(S: int) -> Labels:
+    return (*tuple(_CHAIN_LETTERS[k] for k in range(S - 1)), _CHAIN_LETTERS[:S - 1])
+
+
+#: the named bond patterns: name -> the labels of S >= 2 factors
+PATTERN_LABELS: dict[str, Callable[[int], Labels]] = {
+    "nested": _nested, "chain": _chain, "ring": _ring, "cp": _cp, "tucker": _tucker}
+PATTERNS: tuple[str, ...] = tuple(PATTERN_LABELS)
 
 
 def pattern_labels(pattern: str, n_factors: int) -> Labels:
@@ -38,18 +70,16 @@ def pattern_labels(pattern: str, n_factors: int) -> Labels:
         raise ValueError(f"named patterns support at most {len(_CHAIN_LETTERS)} factors, got {S}")
     if S == 1:
         return ("",)
-    L = _CHAIN_LETTERS
-    if pattern == "nested":
-        return (*tuple(L[:k + 1] for k in range(S - 1)), L[:S - 1])
-    if pattern == "cp":
-        return ("a",) * S
-    if pattern == "tucker":
-        return (*tuple(L[k] for k in range(S - 1)), L[:S - 1])
-    chain = ("a", *tuple(L[k - 1] + L[k] for k in range(1, S - 1)), L[S - 2])
-    if pattern == "chain":
-        return chain
-    # ring: the chain closed by the bond z between the last and the first factor
-    return (_RING_CLOSURE + chain[0], *chain[1:-1], chain[-1] + _RING_CLOSURE)
+    return PATTERN_LABELS[pattern](S)
+
+
+def count_params(labels: Sequence[str], factor_sizes: Sequence[int], size: Mapping[str, int]) -> int:
+    """Stored entries of factors with bond ``labels`` and ``factor_sizes`` digits, at bond sizes ``size``.
+
+    Factor k holds ``prod_{c in labels[k]} size[c] * factor_sizes[k]`` entries
+    (:meth:`Structure.n_params` for a structure).
+    """
+    return sum(math.prod(size[c] for c in lab) * P for lab, P in zip(labels, factor_sizes))
 
 
 def _check_labels(labels: Any, n_factors: int) -> Labels:
@@ -283,6 +313,26 @@ class Structure:
             return {c: check_int(r, f"{name}[{i}]") for i, (c, r) in enumerate(zip(bonds, rank))}
         return {c: check_int(rank, name) for c in bonds}
 
+    def n_params(self, rank: Any) -> int:
+        """Parameters (stored entries of all factors) at the bond sizes ``rank``.
+
+        ``rank`` gives every bond a size, in any form that :meth:`parse_rank` reads.
+
+        Examples
+        --------
+        >>> Structure([(4, 4), (3, 3)]).n_params(2)  # 2 * 16 + 2 * 9
+        50
+        """
+        return count_params(self._labels, self.factor_sizes, self._bond_sizes(rank))
+
+    def _bond_sizes(self, rank: Any) -> dict[str, int]:
+        """:meth:`parse_rank` where every bond must get a size."""
+        caps = self.parse_rank(rank)
+        missing = [c for c, r in caps.items() if r is None]
+        if missing:
+            raise ValueError(f"rank must give a size for every bond; bonds {missing} have none (got rank={rank!r})")
+        return {c: int(r) for c, r in caps.items() if r is not None}
+
     # --- rearrangement (docs/math.md §2) -------------------------------------------
     def _digit_shape(self) -> Shape:
         # mode-major digits: (a_1^(1)..a_1^(S), a_2^(1)..a_2^(S), ..)
@@ -310,13 +360,17 @@ class Structure:
         """
         from ._backend import infer_backend, using
 
+        with using(infer_backend(tensor)):
+            return self._rearrange(tensor)
+
+    def _rearrange(self, tensor: Any) -> Any:
+        """:meth:`rearrange` under the tensorly backend already set (the caller inferred it once)."""
         shape = tuple(tensor.shape)
         if shape != self.shape:
             raise ValueError(f"tensor of shape {shape} does not match structure shape {self.shape} of {self!r}")
-        with using(infer_backend(tensor)):
-            digits = tl.reshape(tensor, self._digit_shape())
-            digits = tl.transpose(digits, self._to_factor_major())
-            return tl.reshape(digits, self.factor_sizes)
+        digits = tl.reshape(tensor, self._digit_shape())
+        digits = tl.transpose(digits, self._to_factor_major())
+        return tl.reshape(digits, self.factor_sizes)
 
     def unrearrange(self, tensor: Any) -> Any:
         """The inverse of :meth:`rearrange`: T of shape ``factor_sizes`` back to W.
@@ -329,6 +383,11 @@ class Structure:
         """
         from ._backend import infer_backend, using
 
+        with using(infer_backend(tensor)):
+            return self._unrearrange(tensor)
+
+    def _unrearrange(self, tensor: Any) -> Any:
+        """:meth:`unrearrange` under the tensorly backend already set (the caller inferred it once)."""
         shape = tuple(tensor.shape)
         if math.prod(shape) != math.prod(self.factor_sizes) or (
             len(shape) == self.n_factors and shape != self.factor_sizes
@@ -338,10 +397,9 @@ class Structure:
             )
         factor_major = tuple(s[n] for s in self._factor_shapes for n in range(self.order))
         inverse = tuple(sorted(range(len(factor_major)), key=self._to_factor_major().__getitem__))
-        with using(infer_backend(tensor)):
-            digits = tl.reshape(tensor, factor_major)
-            digits = tl.transpose(digits, inverse)
-            return tl.reshape(digits, self.shape)
+        digits = tl.reshape(tensor, factor_major)
+        digits = tl.transpose(digits, inverse)
+        return tl.reshape(digits, self.shape)
 
     # --- serialisation, comparison, display ------------------------------------------
     def to_dict(self) -> dict[str, Any]:

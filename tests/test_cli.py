@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import sekron
-from sekron._demo import param_count, rank_for_budget
+from sekron._demo import rank_for_budget
 from sekron.cli import main
 
 
@@ -57,9 +57,9 @@ def test_python_m_entry_point() -> None:
 
 def test_budget_helpers() -> None:
     st = sekron.Structure([(4, 4), (3, 3), (2, 2)], "chain")
-    assert param_count(st, 2) == 2 * 16 + 4 * 9 + 2 * 4
+    assert st.n_params(2) == 2 * 16 + 4 * 9 + 2 * 4
     r = rank_for_budget(st, 200)
-    assert r is not None and param_count(st, r) <= 200 < param_count(st, r + 1)
+    assert r is not None and st.n_params(r) <= 200 < st.n_params(r + 1)
     assert rank_for_budget(st, 5) is None
 
 

@@ -237,7 +237,7 @@ def test_s2_nested_chain_cp_reach_eckart_young(grid: tuple, r: int) -> None:
         np.testing.assert_allclose(recon[2], recon[0], atol=1e-9 * np.linalg.norm(W))
 
 
-# --- classical formats through axis-aligned structures (MATH.md section 5) -----------------------------
+# --- classical formats through axis-aligned structures (docs/math.md §5) -----------------------------
 def test_chain_on_axis_aligned_matches_tensorly_tensor_train() -> None:
     from tensorly.decomposition import tensor_train
 

@@ -126,9 +126,9 @@ def test_baseline_caps_within_budget_filled_and_exact() -> None:
         st = getattr(Structure, name)(W.shape)
         base = bl.matched_profile(sp, st, budget)
         caps = bl.fit_caps(st, base, budget)
-        assert bl.params_of(st, caps) <= budget
+        assert st.n_params(caps) <= budget
         # filled: no bond below its profile can grow by one within the budget
-        assert all(caps[c] >= base[c] or bl.params_of(st, {**caps, c: caps[c] + 1}) > budget for c in caps)
+        assert all(caps[c] >= base[c] or st.n_params({**caps, c: caps[c] + 1}) > budget for c in caps)
         options, sk, e = bl.reproducible(W, st, caps)
         err, n_params = _measured(W, Candidate(st, sk.rank, sk.n_params, e, None, W.size, name, options))
         assert n_params == sk.n_params <= budget
@@ -142,7 +142,7 @@ def test_matched_profile_tracks_the_budget() -> None:
     W = _kernel((24, 16, 3, 3), decay=0.9)
     sp = bl.Spectra(W)
     st = Structure.tt(W.shape)
-    small, large = (bl.params_of(st, bl.fit_caps(st, bl.matched_profile(sp, st, b), b))
+    small, large = (st.n_params(bl.fit_caps(st, bl.matched_profile(sp, st, b), b))
                     for b in (W.size / 20, W.size / 3))
     assert small <= W.size / 20 < large <= W.size / 3
     assert bl.matched_profile(sp, st, 10.0 * W.size) == bl.profile(sp, st, 0.0)  # everything fits: full ranks
@@ -222,7 +222,7 @@ def test_split_screen_keeps_the_best_refinement(monkeypatch: pytest.MonkeyPatch)
 def test_whole_mode_grids_are_searched_and_exact() -> None:
     """CP and Tucker of the kernel seen as (F, C, kh*kw) are candidates, with reproducible errors."""
     from sekron.structure import Structure
-    from sekron.structure_search._baselines import grouped_grids, set_partitions
+    from sekron.structure_search._grouped import grouped_grids, set_partitions
 
     assert len(set_partitions(range(4), 2)) == 7 and len(set_partitions(range(4), 3)) == 6
     assert ((6, 1, 1, 1), (1, 5, 1, 1), (1, 1, 3, 3)) in grouped_grids((6, 5, 3, 3), 3)

@@ -19,7 +19,7 @@ RTOL = {"float32": 2e-4, "float64": 1e-10, "complex128": 1e-10}
 
 
 def brute_to_tensor(factors: list[np.ndarray], st: Structure) -> np.ndarray:
-    """MATH.md section 3 literally: one einsum over all bonds, then R^{-1}."""
+    """docs/math.md §3 literally: one einsum over all bonds, then R^{-1}."""
     bonds = st.bond_labels
     letters = {c: chr(ord("A") + i) for i, c in enumerate(bonds)}
     ops, specs = [], []
@@ -37,7 +37,7 @@ def assert_close(actual: object, expected: np.ndarray, rtol: float = 1e-12) -> N
 
 
 def brute_kron(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """(A kron B)[i] = A[i // b] * B[i % b], entry by entry (MATH.md section 1)."""
+    """(A kron B)[i] = A[i // b] * B[i % b], entry by entry (docs/math.md §1)."""
     out = np.zeros(tuple(a * b for a, b in zip(A.shape, B.shape)), dtype=np.result_type(A, B))
     for i in np.ndindex(*out.shape):
         out[i] = A[tuple(x // b for x, b in zip(i, B.shape))] * B[tuple(x % b for x, b in zip(i, B.shape))]
@@ -53,7 +53,7 @@ def test_to_tensor_matches_einsum_definition(grid: tuple, pattern: str, r: int) 
     assert tuple(W.shape) == st.shape
     assert_close(W, brute_to_tensor(list(sk.factors), st))
     np.testing.assert_allclose(sekron_to_tensor(sk), W, rtol=0, atol=0)
-    # n_params is the element count of the factors, and the parameter formula of MATH.md section 3
+    # n_params is the element count of the factors, and the parameter formula of docs/math.md §3
     assert sk.n_params == sum(f.size for f in sk.factors)
     assert sk.n_params == sum(r ** len(lab) * P for lab, P in zip(st.labels, st.factor_sizes))
     assert sk.rank == {c: r for c in st.bond_labels}
@@ -67,7 +67,7 @@ def test_cp_and_nested_are_sums_of_kronecker_products(S: int) -> None:
     cp = random_sekron(Structure(grid, "cp"), 3, random_state=1)
     expected = sum(_kron_all([f[r] for f in cp.factors]) for r in range(3))
     assert_close(cp.to_tensor(), expected)
-    # nested: W = sum_{r1} A1_{r1} kron sum_{r2} A2_{r1 r2} kron ... (MATH.md section 3)
+    # nested: W = sum_{r1} A1_{r1} kron sum_{r2} A2_{r1 r2} kron ... (docs/math.md §3)
     nested = random_sekron(Structure(grid, "nested"), 2, random_state=2)
     assert_close(nested.to_tensor(), _nested_sum(list(nested.factors), ()))
 
@@ -94,6 +94,39 @@ def test_custom_labels_reconstruct_like_einsum(labels: list[str]) -> None:
     sk = random_sekron(st, {c: sizes[c] for c in st.bond_labels}, random_state=5)
     assert_close(sk.to_tensor(), brute_to_tensor(list(sk.factors), st))
     np.testing.assert_allclose(sk.norm(), np.linalg.norm(sk.to_tensor()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("labels", [["\ue000\ue001", "\ue000", "\ue001"], ["\ue000a", "a\ue400", "\ue400\ue000"],
+                                    ["\ue000\ue800\uf100", "\ue000\ue800\uf100"],
+                                    ["\ue100\ue700", "\ue700\ue600", "\ue600\ue100"]])
+def test_private_use_labels_do_not_collide(labels: list[str]) -> None:
+    """Bond labels in the private-use area (where internal einsum labels live) still give the right tensor."""
+    import sekron
+    from sekron.conversions import convert, to_tt
+    from sekron.conversions import round as sk_round
+
+    grid = [(2, 3, 1, 2), (3, 1, 2, 1), (1, 2, 2, 2)][: len(labels)]
+    st = Structure(grid, labels=labels)
+    sk = random_sekron(st, {c: 2 for c in st.bond_labels}, random_state=7)
+    W = brute_to_tensor(list(sk.factors), st)
+    assert_close(sk.to_tensor(), W)
+    np.testing.assert_allclose(sk.norm(), np.linalg.norm(W), rtol=1e-12)
+    assert_close(tl.tt_to_tensor(to_tt(sk)), W, rtol=1e-10)
+    nested = convert(sk, "nested")
+    assert_close(nested.to_tensor(), W, rtol=1e-10)
+    assert_close(sk_round(nested).to_tensor(), W, rtol=1e-10)
+    Wd = np.asarray(W)
+    np.testing.assert_allclose(sekron.inner(sk, sk), np.vdot(Wd, Wd), rtol=1e-10)
+    idx = np.array([[0] * Wd.ndim, [d - 1 for d in Wd.shape]])
+    np.testing.assert_allclose(sk.entries(idx), Wd[tuple(idx.T)], rtol=1e-10)
+    mat = random_sekron(Structure([(2, 3), (3, 2), (2, 2)][: len(labels)], labels=labels), 2, random_state=3)  # a @ x
+    v = np.arange(mat.shape[1], dtype=float)
+    np.testing.assert_allclose(mat @ v, np.asarray(mat.to_tensor()) @ v, rtol=1e-10)
+    x = np.random.default_rng(0).standard_normal((1, W.shape[1], 5, 5))
+    ref = sekron.conv(x, SeKronTensor([np.asarray(W)], [W.shape]), padding=1)  # one factor: the dense kernel
+    for implementation in ("factorized", "dense"):
+        y = sekron.conv(x, sk, padding=1, implementation=implementation)
+        assert_close(y, ref, rtol=1e-10)
 
 
 def test_norm_both_paths() -> None:

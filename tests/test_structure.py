@@ -1,4 +1,4 @@
-"""Structure: the factor-shape grid, bond patterns, rearrangement (MATH.md sections 2-3)."""
+"""Structure: the factor-shape grid, bond patterns, rearrangement (docs/math.md §2-§3)."""
 
 from __future__ import annotations
 

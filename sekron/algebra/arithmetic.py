@@ -30,7 +30,7 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import dispatch, using
-from ..linalg.contract import contract
+from ..linalg.contract import LabelAllocator, contract
 from ..sekron_tensor import SeKronTensor
 from ._common import (
     backend_dtype,
@@ -254,11 +254,12 @@ def inner(a: SeKronTensor, b: SeKronTensor) -> Any:
     st = a.structure
     fa, fb = _promote(a, b)
     bonds = st.bond_labels
-    la = {c: chr(0xE100 + i) for i, c in enumerate(bonds)}
-    lb = {c: chr(0xE180 + i) for i, c in enumerate(bonds)}
+    fresh = LabelAllocator(st.labels)
+    la = {c: fresh.new() for c in bonds}
+    lb = {c: fresh.new() for c in bonds}
     ops = []
     for k, (A, B, lab) in enumerate(zip(fa, fb, st.labels)):
-        d = chr(0xE300 + k)
+        d = fresh.new()
         P = st.factor_sizes[k]
         ops.append(("".join(la[c] for c in lab) + d, tl.conj(_flat(A, len(lab), P))))
         ops.append(("".join(lb[c] for c in lab) + d, _flat(B, len(lab), P)))

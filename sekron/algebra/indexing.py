@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ..linalg.contract import contract
+from ..linalg.contract import LabelAllocator, contract
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure
 from ._common import backend_dtype, check_sk, like_structure, on_sk_backend
@@ -99,7 +99,7 @@ def entries(sk: SeKronTensor, idx: Any) -> Any:
     if n == 0:
         return tl.reshape(sk.factors[0], (-1,))[:0]
     dig = digits_of(st, arr)
-    batch = chr(0xE600)
+    batch = LabelAllocator(st.labels).new()
     ops = []
     for k, (f, lab) in enumerate(zip(sk.factors, st.labels)):
         nb = len(lab)

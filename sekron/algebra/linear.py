@@ -19,7 +19,7 @@ import tensorly as tl
 
 from .._backend import dispatch, using
 from .._validation import check_array
-from ..linalg.contract import einsum2
+from ..linalg.contract import LabelAllocator, einsum2
 from ..sekron_tensor import SeKronTensor
 from ._common import backend_dtype, check_sk, dtype_name, like_structure, result_dtype
 
@@ -94,9 +94,8 @@ def matmul(sk: SeKronTensor, x: Any) -> Any:
     if S > 1 and len(set(st.labels)) == 1 and len(st.labels[0]) == 1:
         Y = _matmul_one_bond(factors, st.factor_shapes, y, K)
         return Y[:, 0] if len(shape) == 1 else Y
-    i_lab = [chr(0xE700 + k) for k in range(S)]
-    j_lab = [chr(0xE780 + k) for k in range(S)]
-    kl = chr(0xE7FF)
+    fresh = LabelAllocator(st.labels)
+    i_lab, j_lab, kl = list(fresh.many(S)), list(fresh.many(S)), fresh.new()
     b = [s[1] for s in st.factor_shapes]
     Y = tl.reshape(y, (*b, K))
     spec = "".join(j_lab) + kl

@@ -1,4 +1,4 @@
-"""``round`` for the ``tucker`` and ``cp`` patterns (chain, ring and nested live in ``sekron._patterns``).
+"""``round`` for the ``tucker`` and ``cp`` patterns (chain, ring and nested live in ``sekron.conversions._patterns``).
 
 * ``tucker`` (factors 0..S-2 carry one bond each, the core carries them all): the
   factors are orthogonalised (QR) into the core, then the core is truncated by HOSVD over
@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
+from ..linalg.cp_als import MTTKRP
+from ..linalg.cp_als import cp_als as als_loop
 from ..linalg.svd import svd_full
-from ..linalg.truncation import Budget
+from ..linalg.truncation import Budget, smallest_rank
 from ..linalg.tt import choose_rank, constant, exact_rtol
 from ..sekron_tensor import SeKronTensor
 
@@ -145,30 +147,28 @@ def _cp_sq(X: list[Any], Y: list[Any]) -> complex:
     return complex(tl.to_numpy(tl.sum(out)))
 
 
+def _cp_mttkrp(X: list[Any]) -> MTTKRP:
+    """The MTTKRP of the CP tensor with factors ``X`` (R, P_k), for :func:`sekron.linalg.cp_als.cp_als`."""
+
+    def mttkrp(U: list[Any], k: int) -> Any:
+        H = _prod_except([tl.matmul(x, tl.conj(u)) for x, u in zip(X, U)], k)  # (R, r): prod_j <x_j, conj u_j>
+        return tl.matmul(tl.transpose(X[k], (1, 0)), H)
+
+    return mttkrp
+
+
 def cp_als(X: list[Any], r: int, n_iter: int = 100, rtol: float = 1e-10) -> tuple[list[Any], float]:
     """Rank-r CP fit of the CP ``X`` (factors (R, P_k)), from its r largest terms; returns (factors, error^2)."""
     R = int(X[0].shape[0])
-    sizes = np.prod([np.linalg.norm(tl.to_numpy(x), axis=1) for x in X], axis=0)
-    top = np.argsort(-sizes, kind="stable")[:r]
-    Y = [constant(tl.to_numpy(x)[top], x) for x in X]
     if r > R:
         raise ValueError("internal: cp_als rank above the current rank")
+    sizes = np.prod([np.linalg.norm(tl.to_numpy(x), axis=1) for x in X], axis=0)
+    top = np.argsort(-sizes, kind="stable")[:r]
+    U = [tl.transpose(constant(tl.to_numpy(x)[top], x), (1, 0)) for x in X]
     xx = _cp_sq(X, X).real
-    S = len(X)
-    eye = constant(np.eye(r), X[0])
-    prev = math.inf
-    err2 = math.inf
-    for _ in range(n_iter):
-        for k in range(S):
-            Gyy = _prod_except(_grams(Y, Y), k)
-            Gyx = _prod_except(_grams(X, Y), k)
-            reg = 1e-14 * float(np.abs(tl.to_numpy(tl.sum(tl.abs(Gyy))))) / r + 1e-300
-            Y[k] = tl.solve(Gyy + reg * eye, tl.matmul(Gyx, X[k]))
-        yy, yx = _cp_sq(Y, Y).real, _cp_sq(X, Y)
-        err2 = max(xx - 2 * yx.real + yy, 0.0)
-        if abs(prev - err2) <= rtol * xx:
-            break
-        prev = err2
+    U = als_loop(_cp_mttkrp(X), U, xx, n_iter, rtol)
+    Y = [tl.transpose(u, (1, 0)) for u in U]
+    err2 = max(xx - 2 * _cp_sq(X, Y).real + _cp_sq(Y, Y).real, 0.0)
     return Y, err2
 
 
@@ -194,24 +194,12 @@ def round_cp(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[
                 return True
             return False
 
-        lo, hi = 0, None  # ranks known to fail (lo) and to pass (hi): doubling, then bisection
-        r = 1
-        while r <= cap:
-            if fit(r):
-                hi = r
-                break
-            lo, r = r, (cap if 2 * r > cap and r < cap else 2 * r)
+        hi = smallest_rank(fit, cap)
         if hi is None:
             out = cp_als(X, cap)[0] if cap < R else X
             warnings.warn(f"round: no cp rank up to the cap {cap} met tol={tol}; returned rank {cap}", UserWarning,
                           stacklevel=4)
         else:
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if fit(mid):
-                    hi = mid
-                else:
-                    lo = mid
             out = fits[hi]
     elif cap < R:  # only a rank cap below the merged rank asks for a fit
         out = cp_als(X, cap)[0]

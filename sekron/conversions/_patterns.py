@@ -26,14 +26,13 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import dispatch
-from .._typing import PATTERNS
 from .._validation import check_size, check_tol
-from ..linalg.contract import contract, einsum2
+from ..linalg.contract import LabelAllocator, contract, einsum2
 from ..linalg.svd import svd_full
 from ..linalg.truncation import Budget, branch_mask, choose_ranks
-from ..linalg.tt import constant, tt_round
+from ..linalg.tt import constant, tt_norm_sq, tt_round
 from ..sekron_tensor import SeKronTensor, _scaled, _unscale
-from ..structure import Structure
+from ..structure import PATTERNS, Structure
 
 
 def _users(labels: Sequence[str]) -> dict[str, list[int]]:
@@ -142,9 +141,9 @@ def convert(sk: SeKronTensor, pattern: Any) -> SeKronTensor:
 
 def _target_factor(F: Any, k: int, st: Structure, tgt: Structure, routes: dict[str, list[str]],
                    comps: dict[str, list[str]], size: dict[str, int]) -> Any:
-    base = 0xE800
-    name = {key: chr(base + i) for i, key in enumerate((b, c) for b in tgt.labels[k] for c in comps[b])}
-    digits = "".join(chr(0xEF00 + n) for n in range(st.order))
+    lab = LabelAllocator((*st.labels, *tgt.labels))
+    name = {(b, c): lab.new() for b in tgt.labels[k] for c in comps[b]}
+    digits = lab.many(st.order)
     spec, arr = st.labels[k] + digits, F
     for c in st.bond_labels:
         copies = [name[(b, c)] for b in tgt.labels[k] if b in routes[c]]
@@ -204,9 +203,8 @@ def _round_ring(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> li
     cores[0] = tl.reshape(cores[0], (1, Rz * P[0], r1))
     cores[-1] = tl.reshape(cores[-1], (rl, P[-1] * Rz, 1))
     if tol is not None:
-        from ._cp_tt import _tt_norm_sq
 
-        open_norm = math.sqrt(_tt_norm_sq(cores))
+        open_norm = math.sqrt(tt_norm_sq(cores))
         w_norm = float(tl.to_numpy(sk.norm()))
         tol = tol * w_norm / (math.sqrt(Rz) * open_norm) if open_norm > 0 else tol
     out, _ = tt_round(cores, [caps[c] for c in bonds[1:]], tol)
@@ -219,12 +217,14 @@ def _round_ring(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> li
 def _gram(sk: SeKronTensor, k: int) -> Any:
     """Gram matrix over bonds r_1..r_{k+1} of the network of factors k+1.. (nested)."""
     st = sk.structure
-    prime = {c: chr(0xF100 + i) for i, c in enumerate(st.bond_labels)}
+    labels = LabelAllocator(st.labels)
+    prime = {c: labels.new() for c in st.bond_labels}
+    digit = labels.new()
     ops = []
     for f, lab in zip(sk.factors[k + 1:], st.labels[k + 1:]):
         flat = tl.reshape(f, (*tuple(int(s) for s in f.shape[:len(lab)]), -1))
         ops.append((lab + "".join(prime[c] for c in lab),
-                    einsum2(lab + "\uefff", flat, "".join(prime[c] for c in lab) + "\uefff", tl.conj(flat),
+                    einsum2(lab + digit, flat, "".join(prime[c] for c in lab) + digit, tl.conj(flat),
                             lab + "".join(prime[c] for c in lab))))
     keep = st.bond_labels[: k + 1]
     G = contract(ops, "".join(keep) + "".join(prime[c] for c in keep))

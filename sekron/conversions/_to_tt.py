@@ -28,23 +28,11 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ..linalg.contract import contract
+from ..linalg.contract import LabelAllocator, contract
 from ..linalg.truncation import Budget
 from ..linalg.tt import Applier, constant, exact_rtol, sweep, tt_round, tt_svd
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure
-
-
-class _Labels:
-    """Fresh private-use characters for contraction specs, one per key."""
-
-    def __init__(self) -> None:
-        self._map: dict[Any, str] = {}
-
-    def __call__(self, *key: Any) -> str:
-        if key not in self._map:
-            self._map[key] = chr(0xE400 + len(self._map))
-        return self._map[key]
 
 
 def _home(fshape: Sequence[int]) -> int | None:
@@ -103,7 +91,7 @@ class TTPlan:
         self.size = size
         self.span = {c: (min(t[c] for t in self.taps if c in t), max(t[c] for t in self.taps if c in t))
                      for c in st.bond_labels}
-        self.lab = _Labels()
+        self.lab = LabelAllocator(st.labels)
 
     def wires(self, cut: int) -> list[str]:
         """Bonds carried across the cut between mode ``cut`` and ``cut + 1``."""

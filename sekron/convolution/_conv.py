@@ -239,7 +239,8 @@ def _run_factorized(ops: Any, x: Any, sk: SeKronTensor, plan: cp.Plan, geom: cp.
 def _kernel(ops: Any, sk: SeKronTensor, steps: tuple[cp.Step, ...]) -> Any:
     """Form W by the plan's pairwise contractions (each one batched matmul), then un-rearrange."""
     st = sk.structure
-    operands = [(lab + cp.digit_label(k), ops.reshape(f, (*tuple(f.shape[:len(lab)]), st.factor_sizes[k])))
+    digits = cp.digit_labels(st.labels)
+    operands = [(lab + digits[k], ops.reshape(f, (*tuple(f.shape[:len(lab)]), st.factor_sizes[k])))
                 for k, (f, lab) in enumerate(zip(sk.factors, st.labels))]
     for i, j, out in steps:
         (sa, a), (sb, b) = operands[i], operands[j]

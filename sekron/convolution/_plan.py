@@ -17,6 +17,9 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from ..linalg.contract import LabelAllocator, Step, greedy_order
+from ..structure import count_params
+
 #: cost of writing or copying one element, in MAC equivalents (the planner's score)
 MEMORY_WEIGHT = 16.0
 #: a convolution reaches full speed per MAC from this many inputs (in-channels x kernel
@@ -52,8 +55,7 @@ class KernelSpec:
 
     @property
     def n_params(self) -> int:
-        rank = dict(self.ranks)
-        return sum(math.prod(rank[c] for c in lab) * math.prod(s) for lab, s in zip(self.labels, self.factor_shapes))
+        return count_params(self.labels, [math.prod(s) for s in self.factor_shapes], dict(self.ranks))
 
 
 @dataclass(frozen=True)
@@ -256,37 +258,26 @@ def factorized_plan(spec: KernelSpec, geom: Geometry, order: tuple[int, ...]) ->
                 (geom.batch, F, *sp), sum(s.macs for s in stages), spec.n_params, peak, moved, score)
 
 
-def digit_label(k: int) -> str:
-    """Label of factor k's flattened digit axis in the reconstruction (a private-use character)."""
-    return chr(0xE000 + k)
-
-
-Step = tuple[int, int, str]  # contract operands i and j (i < j) into spec; the result replaces i
+def digit_labels(labels: tuple[str, ...]) -> str:
+    """Labels of the factors' flattened digit axes in the reconstruction, one per factor (none a bond label)."""
+    return LabelAllocator(labels).many(len(labels))
 
 
 def reconstruction_steps(spec: KernelSpec) -> tuple[tuple[Step, ...], int]:
-    """Pairwise contraction order that forms the kernel, and its MACs (batched matmuls).
+    """Pairwise contraction order that forms the kernel (:func:`sekron.linalg.contract.greedy_order`), and its
+    MACs (batched matmuls).
 
-    Greedy: contract the pair that shares a bond and gives the smallest result; outer
-    products come last. Each step is one ``einsum2`` (one batched matmul).
+    Outer products come last. Each step is one ``einsum2`` (one batched matmul); the last one
+    leaves the digit axes in factor order (:func:`digit_labels`).
     """
-    rank = dict(spec.ranks)
-    ops = [lab + digit_label(k) for k, lab in enumerate(spec.labels)]
-    size = rank | {digit_label(k): math.prod(s) for k, s in enumerate(spec.factor_shapes)}
-    final = "".join(digit_label(k) for k in range(spec.n_factors))
+    digits = digit_labels(spec.labels)
+    ops = [lab + digits[k] for k, lab in enumerate(spec.labels)]
+    size = dict(spec.ranks) | {digits[k]: math.prod(s) for k, s in enumerate(spec.factor_shapes)}
+    greedy = greedy_order(tuple(ops), digits, tuple(sorted(size.items())))
     steps, macs = [], 0
-    while len(ops) > 1:
-        best: tuple[tuple[bool, int], int, int, str] | None = None
-        for i, j in itertools.combinations(range(len(ops)), 2):
-            needed = set(final).union(*(o for t, o in enumerate(ops) if t not in (i, j)))
-            out = "".join(dict.fromkeys(c for c in ops[i] + ops[j] if c in needed))
-            key = (not set(ops[i]) & set(ops[j]), math.prod(size[c] for c in out))
-            if best is None or key < best[0]:
-                best = (key, i, j, out)
-        assert best is not None
-        _, i, j, out = best
-        if len(ops) == 2:
-            out = final
+    for n, (i, j, out) in enumerate(greedy):
+        if n == len(greedy) - 1:
+            out = digits
         a, b = ops[i], ops[j]
         a = "".join(c for c in a if c in b or c in out)  # labels summed before the matmul
         b = "".join(c for c in b if c in a or c in out)

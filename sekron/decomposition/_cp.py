@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 import tensorly as tl
-from tensorly.decomposition import parafac
+from tensorly.decomposition._cp import initialize_cp
 
+from ..linalg.cp_als import cp_als, dense_mttkrp
+from ..linalg.truncation import smallest_rank
 from ._svd_based import Context, nested
 
 
@@ -39,39 +41,28 @@ def exact_cp(T: Any, sizes: tuple[int, ...]) -> list[Any]:
     return out
 
 
-def _singular(exc: Exception) -> bool:
-    """A singular normal-equation solve inside ALS (numpy's LinAlgError, torch's and jax's equivalents)."""
-    return isinstance(exc, np.linalg.LinAlgError) or "singular" in str(exc).lower() or "LinAlgError" in type(
-        exc).__name__
+#: ALS stops when the relative error changes by less than this between sweeps
+ALS_TOL = 1e-10
 
 
 def _als(T: Any, R: int, ctx: Context) -> list[Any]:
+    """CP-ALS on T (:func:`sekron.linalg.cp_als.cp_als`) from tensorly's ``init`` ("svd" or "random")."""
     n_iter = int(ctx.options.get("n_iter_max", 200))
     init = ctx.options.get("init", "svd")
     with warnings.catch_warnings():  # tensorly's note that an SVD init pads small modes is not the user's concern
         warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs", category=UserWarning)
-        try:
-            weights, facs = parafac(T, R, n_iter_max=n_iter, init=init, tol=1e-10, random_state=ctx.random_state,
-                                    normalize_factors=False)
-        except Exception as exc:
-            if not _singular(exc):
-                raise
-            # R is above the rank the data holds (a rank-1 tensor asked for R = 2, or a numerically low-rank
-            # one): the normal equations are singular. A tiny ridge, relative to T's scale (T has entries
-            # of magnitude <= 1 here), makes them solvable and leaves the fit unchanged to rounding.
-            scale = float(tl.to_numpy(tl.max(tl.abs(tl.reshape(T, (-1,))))))
-            weights, facs = parafac(T, R, n_iter_max=n_iter, init=init, tol=1e-10, random_state=ctx.random_state,
-                                    normalize_factors=False, l2_reg=1e-12 * scale**2)
-    facs = [tl.transpose(f, (1, 0)) for f in facs]  # (R, P_k)
-    facs[0] = facs[0] * tl.reshape(weights, (R, 1))
-    return facs
+        weights, facs = initialize_cp(T, R, init=init, random_state=ctx.random_state)
+    facs = [facs[0] * tl.reshape(weights, (1, R)), *facs[1:]]
+    norm_sq = float(np.real(tl.to_numpy(tl.sum(tl.abs(T) ** 2))))
+    facs = cp_als(dense_mttkrp(T), facs, norm_sq, n_iter, ALS_TOL)
+    return [tl.transpose(f, (1, 0)) for f in facs]  # (R, P_k)
 
 
 def _cp_error_sq(T: Any, facs: list[Any]) -> float:
-    from ..linalg.contract import contract
+    from ..linalg.contract import LabelAllocator, contract
 
-    ops = [("r" + chr(0xE000 + k), f) for k, f in enumerate(facs)]
-    approx = contract(ops, "".join(chr(0xE000 + k) for k in range(len(facs))))
+    modes = LabelAllocator("r").many(len(facs))
+    approx = contract([("r" + m, f) for m, f in zip(modes, facs)], modes)
     return float(tl.to_numpy(tl.norm(tl.reshape(T - approx, (-1,))))) ** 2
 
 
@@ -111,16 +102,5 @@ def _search_rank(T: Any, ctx: Context, R_top: int, target: float) -> tuple[list[
             tried[R] = (facs, _cp_error_sq(T, facs))
         return tried[R][1] <= target
 
-    lo, hi = 0, 1
-    while not attempt(min(hi, R_top)):
-        if hi >= R_top:
-            return tried[R_top]
-        lo, hi = hi, min(2 * hi, R_top)
-    hi = min(hi, R_top)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if attempt(mid):
-            hi = mid
-        else:
-            lo = mid
-    return tried[hi]
+    R = smallest_rank(attempt, R_top)
+    return tried[R_top if R is None else R]

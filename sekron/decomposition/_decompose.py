@@ -15,7 +15,7 @@ import numpy as np
 import tensorly as tl
 from tensorly.cp_tensor import CPTensor
 
-from .._backend import dispatch
+from .._backend import infer_backend, using
 from .._validation import check_array, check_choice, check_float_dtype, check_int, check_tol, finite_sq_norm, max_abs
 from ..linalg.svd import SVD_FUNCTIONS
 from ..linalg.svd import _eps as gram_eps
@@ -34,15 +34,10 @@ DECOMPOSITIONS: dict[str, Algorithm] = {
     "tucker": _svd_based.tucker,
 }
 
-#: patterns whose ``tol`` is guaranteed by the SVD spectra (cp meets it by growing its rank)
-GUARANTEED = ("nested", "chain", "ring", "tucker")
-
-
 def _n_cuts(st: Structure) -> int:
     return max(st.n_factors - 1, 1)
 
 
-@dispatch
 def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank: Any = None, *,
               tol: float | None = None, svd: str | Callable[..., Any] = "auto", random_state: Any = None,
               return_error: bool = False, **options: Any) -> Any:
@@ -113,7 +108,15 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
         return decompose_dask(tensor, structure, rank, tol=tol, svd=svd, random_state=random_state,
                               return_error=return_error, **options)
     check_array(tensor, "tensor")
-    st = _as_structure(structure)
+    backend = infer_backend(tensor)  # once: every step below runs under it
+    with using(backend):
+        return _decompose(tensor, _as_structure(structure), rank, tol, svd, random_state, return_error, options,
+                          backend)
+
+
+def _decompose(tensor: Any, st: Structure, rank: Any, tol: Any, svd: Any, random_state: Any, return_error: Any,
+               options: dict[str, Any], backend: str) -> Any:
+    """:func:`decompose` under the tensor's backend, already set."""
     shape = tuple(int(s) for s in tensor.shape)
     if shape != st.shape:
         raise ValueError(
@@ -151,7 +154,7 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
 
     norm = math.sqrt(sq_norm)
     budget = Budget.make(tol, norm, _n_cuts(st))
-    T = st.rearrange(work)
+    T = st._rearrange(work)
     if st.n_factors == 1:
         factors = [tl.reshape(T, st.factor_shapes[0])]
     else:
@@ -165,7 +168,7 @@ def decompose(tensor: Any, structure: Structure | Sequence[Sequence[int]], rank:
     if scale != 1.0:  # give each factor an equal share of the scale, so no partial product under- or overflows
         share = scale ** (1.0 / len(factors))
         factors = [f * share for f in factors]
-    sk = SeKronTensor(factors, st)
+    sk = SeKronTensor._trusted(factors, st, backend)
     if work is not tensor and _is_half(dtype_in):
         sk = _cast_factors(sk, tensor)
     if not return_error:

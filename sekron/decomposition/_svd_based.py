@@ -15,8 +15,17 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ..linalg.svd import SVDFunction, _ct, choose_svd, gram_eigh, gram_top, svd_full, svd_gram
-from ..linalg.svd import _eps as gram_eps
+from ..linalg.svd import (
+    PARTIAL_EIGH_FRACTION,
+    SVDFunction,
+    _ct,
+    choose_svd,
+    gram_eigh,
+    gram_top,
+    svd_full,
+    svd_gram,
+    within_noise,
+)
 from ..linalg.truncation import Budget, branch_mask, choose_ranks
 from ..structure import Structure
 
@@ -59,14 +68,14 @@ class Context:
 
         With a small rank cap and no ``tol`` only the kept eigenpairs are computed
         (:func:`gram_top`). Returns None (use the full SVD) in "auto" mode when the cut's
-        error allowance is within 100x of the Gram rounding noise
-        ``min(m, n) * eps * ||M||^2``: squaring would blur the singular values that
+        error allowance is :func:`~sekron.linalg.svd.within_noise` of the Gram rounding
+        noise ``min(m, n) * eps * ||M||^2``: squaring would blur the singular values that
         decide the truncation.
         """
         k = min(int(M.shape[-2]), int(M.shape[-1]))
         allowance = self.budget.allowance()
         top = None
-        if cap is not None and 2 * cap < k and not math.isfinite(allowance):
+        if cap is not None and cap < PARTIAL_EIGH_FRACTION * k and not math.isfinite(allowance):
             top = gram_top(M, cap)
         if top is not None:
             V, lam, tall, tail = top
@@ -75,8 +84,8 @@ class Context:
         else:
             V, lam, tall = gram_eigh(M)
             lam_np = np.maximum(np.real(tl.to_numpy(lam)).astype(np.float64), 0.0)
-            noise = k * gram_eps(M.dtype) * float(lam_np.sum())
-            if self.svd == "auto" and math.isfinite(allowance) and allowance < 100 * noise:
+            if self.svd == "auto" and math.isfinite(allowance) and within_noise(allowance, float(lam_np.sum()),
+                                                                                 M.dtype, k):
                 return None
             ranks = choose_ranks(np.sqrt(lam_np), cap, self.budget, label)
         R = int(ranks.max())

@@ -19,6 +19,19 @@ import tensorly as tl
 
 SVDFunction = Callable[..., tuple[Any, Any, Any]]
 
+#: extra sketch columns of the randomized SVD beyond the rank kept (Halko, Martinsson and
+#: Tropp: 5 to 10 make the range finder reliable)
+OVERSAMPLING = 10
+#: a randomized SVD pays off only when its sketch is at most this fraction of the smaller side
+SKETCH_FRACTION = 0.5
+#: computing only the leading eigenpairs of a Gram matrix (:func:`gram_top`) pays when they
+#: are fewer than this fraction of all
+PARTIAL_EIGH_FRACTION = 0.5
+#: a quantity within this factor of the rounding noise ``eps`` (per term) counts as noise:
+#: an exact conversion drops singular values below ``NOISE_MARGIN * eps * s_max``, and a
+#: Gram-based SVD is refused when the error allowance is within it of the Gram's rounding
+NOISE_MARGIN = 100.0
+
 
 def _ct(M: Any) -> Any:
     """Conjugate transpose of the last two axes (no conjugation, so no copy, when real)."""
@@ -31,6 +44,16 @@ def _ct(M: Any) -> Any:
 def _eps(dtype: Any) -> float:
     single = any(t in str(dtype) for t in ("float32", "complex64", "float16", "bfloat16"))
     return float(np.finfo(np.float32 if single else np.float64).eps)
+
+
+def within_noise(value: float, scale: float, dtype: Any, terms: int = 1) -> bool:
+    """Whether ``value`` is within ``NOISE_MARGIN`` of the rounding noise ``terms * eps * scale`` of ``dtype``."""
+    return value < NOISE_MARGIN * terms * _eps(dtype) * scale
+
+
+def randomized_pays(rank: int | None, m: int, n: int) -> bool:
+    """Whether a randomized SVD keeping ``rank`` terms of an ``m x n`` matrix is worth its sketch."""
+    return rank is not None and rank + OVERSAMPLING < SKETCH_FRACTION * min(m, n)
 
 
 def svd_full(M: Any, rank: int | None = None, random_state: Any = None) -> tuple[Any, Any, Any]:
@@ -52,8 +75,7 @@ def svd_gram(M: Any, rank: int | None = None, random_state: Any = None) -> tuple
     if m > n:
         V, s, Uh = svd_gram(_ct(M))
         return _ct(Uh), s, _ct(V)
-    _, U = tl.eigh(tl.matmul(M, _ct(M)))
-    U = tl.flip(U, axis=-1)  # eigh sorts ascending; s below is then (nearly) decreasing
+    U, _, _ = gram_eigh(M)  # decreasing eigenvalues: s below is then (nearly) decreasing
     C = tl.matmul(_ct(U), M)  # = s Vh, exactly U^H M
     s = tl.sqrt(tl.sum(tl.abs(C) ** 2, axis=-1))
     safe = tl.where(s > 0, s, tl.ones(tuple(s.shape), **tl.context(s)))
@@ -61,7 +83,7 @@ def svd_gram(M: Any, rank: int | None = None, random_state: Any = None) -> tuple
     return U, s, Vh
 
 
-def svd_randomized(M: Any, rank: int | None = None, random_state: Any = None, *, oversampling: int = 10,
+def svd_randomized(M: Any, rank: int | None = None, random_state: Any = None, *, oversampling: int = OVERSAMPLING,
                    n_power: int = 2) -> tuple[Any, Any, Any]:
     """Randomized range finder (Halko, Martinsson and Tropp) followed by a small SVD.
 
@@ -85,6 +107,18 @@ def svd_randomized(M: Any, rank: int | None = None, random_state: Any = None, *,
     return tl.matmul(Q, Ub), s, Vh
 
 
+# --- singular values from the Gram matrix: the one place that forms it and solves it ----------
+def _gram(M: Any) -> tuple[Any, bool]:
+    """The smaller Gram matrix of ``M`` (..., m, n): ``M M^H`` when wide (m <= n), ``M^H M`` when tall."""
+    tall = int(M.shape[-2]) > int(M.shape[-1])
+    if isinstance(M, np.ndarray):  # numpy callers may run under another tensorly backend (the search)
+        Mt = np.swapaxes(M, -1, -2)
+        Mh = Mt.conj() if np.iscomplexobj(M) else Mt
+    else:
+        Mh = _ct(M)
+    return (Mh @ M if tall else M @ Mh), tall
+
+
 def gram_eigh(M: Any) -> tuple[Any, Any, bool]:
     """Eigen-decomposition of the small Gram matrix of the batch ``M`` (B, m, n).
 
@@ -93,9 +127,7 @@ def gram_eigh(M: Any) -> tuple[Any, Any, bool]:
     singular vectors). ``lam`` (B, min(m, n)) holds the eigenvalues, the squared singular
     values, in decreasing order (tiny ones may be slightly negative from rounding).
     """
-    m, n = int(M.shape[-2]), int(M.shape[-1])
-    tall = m > n
-    G = tl.matmul(_ct(M), M) if tall else tl.matmul(M, _ct(M))
+    G, tall = _gram(M)
     lam, V = tl.eigh(G)
     return tl.flip(V, axis=-1), tl.flip(lam, axis=-1), tall
 
@@ -103,25 +135,41 @@ def gram_eigh(M: Any) -> tuple[Any, Any, bool]:
 def gram_top(M: Any, rank: int) -> tuple[Any, Any, bool, float] | None:
     """The ``rank`` leading eigenpairs of the Gram matrix of a single ``M`` (1, m, n), plus the tail energy.
 
-    Like :func:`gram_eigh` but computes only the eigenpairs that a rank cap keeps (LAPACK
-    ``syevr`` with an index range, through scipy), which is several times faster than the
-    full eigen-decomposition when ``rank`` is small. Returns ``(V, lam, tall, tail)``
-    where ``tail = trace(G) - sum(lam)`` is the discarded squared energy, or None when the
-    backend is not numpy or the batch holds several matrices (then use :func:`gram_eigh`).
+    Like :func:`gram_eigh` but computes only the eigenpairs kept (LAPACK ``syevr`` with an
+    index range, through scipy), several times faster than the full eigen-decomposition
+    when ``rank`` is small. Returns ``(V, lam, tall, tail)`` where ``tail = trace(G) -
+    sum(lam)`` is the discarded squared energy, or None when ``M`` is not a numpy array or
+    the batch holds several matrices (then use :func:`gram_eigh`).
     """
-    if tl.get_backend() != "numpy" or int(M.shape[0]) != 1:
+    if not isinstance(M, np.ndarray) or int(M.shape[0]) != 1:
         return None
     from scipy.linalg import eigh
 
-    m, n = int(M.shape[-2]), int(M.shape[-1])
-    tall = m > n
-    G = tl.matmul(_ct(M), M)[0] if tall else tl.matmul(M, _ct(M))[0]
-    k = min(m, n)
+    G, tall = _gram(M[0])
+    k = int(G.shape[0])
     trace = float(np.real(np.trace(G)))
     lam, V = eigh(G, subset_by_index=[k - rank, k - 1], overwrite_a=True, check_finite=False)
     lam, V = np.ascontiguousarray(lam[::-1]), np.ascontiguousarray(V[:, ::-1])
     tail = max(trace - float(np.sum(np.maximum(lam, 0))), 0.0)
     return V[None], lam[None], tall, tail
+
+
+def gram_eigvalsh(M: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """Squared singular values of a numpy ``M`` (..., m, n), decreasing and clipped at 0 (eigenvalues only).
+
+    ``dtype`` is the precision of the eigenvalue solve (default: ``M``'s).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> M = np.diag([3.0, 1.0]) @ np.eye(2, 5)
+    >>> gram_eigvalsh(M).tolist()
+    [9.0, 1.0]
+    """
+    G, _ = _gram(M)
+    if dtype is not None:
+        G = G.astype(dtype)
+    return np.clip(np.linalg.eigvalsh(G)[..., ::-1].real, 0.0, None)
 
 
 SVD_FUNCTIONS: dict[str, SVDFunction] = {
@@ -136,12 +184,13 @@ def choose_svd(svd: str | SVDFunction, shape: tuple[int, ...], dtype: Any, tol: 
 
     ``"auto"`` takes :func:`svd_gram` for unfoldings at least twice as wide as tall (or
     tall as wide) unless ``tol`` is so small that squaring would lose the singular values
-    that decide the truncation (``tol**2 < 100 * eps * min(m, n)``); else :func:`svd_full`.
+    that decide the truncation (:func:`within_noise` of ``tol**2`` over ``min(m, n)`` terms); else
+    :func:`svd_full`.
     """
     if callable(svd):
         return svd if svd in SVD_FUNCTIONS.values() else _checked(svd)
     m, n = shape[-2], shape[-1]
-    precise = tol is not None and tol**2 < 100 * _eps(dtype) * min(m, n)
+    precise = tol is not None and within_noise(tol**2, 1.0, dtype, min(m, n))
     if svd == "auto":
         return svd_gram if max(m, n) >= 2 * min(m, n) and not precise else svd_full
     if svd not in SVD_FUNCTIONS:

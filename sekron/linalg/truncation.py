@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,32 @@ def choose_ranks(s: Any, cap: int | None, budget: Budget, label: str) -> np.ndar
         ranks[int(np.argmax(s2[:, 0]))] = 1
     budget.record(used)
     return ranks
+
+
+def smallest_rank(passes: Callable[[int], bool], top: int) -> int | None:
+    """Smallest rank ``r`` in 1..top with ``passes(r)`` (assumed monotone): doubling from 1, then bisection.
+
+    Returns None when even ``top`` does not pass. Each rank is tried at most once.
+
+    Examples
+    --------
+    >>> tried = []
+    >>> smallest_rank(lambda r: tried.append(r) or r >= 5, 20), tried
+    (5, [1, 2, 4, 8, 6, 5])
+    """
+    lo, r = 0, 1
+    while not passes(r):
+        if r >= top:
+            return None
+        lo, r = r, min(2 * r, top)
+    hi = r
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if passes(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def branch_mask(ranks: np.ndarray, width: int, like: Any) -> Any:

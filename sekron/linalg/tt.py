@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from .svd import _eps, svd_full, svd_randomized
+from .svd import NOISE_MARGIN, OVERSAMPLING, _eps, randomized_pays, svd_full, svd_randomized
 from .truncation import Budget
 
 Applier = Callable[[Any], Any]
@@ -37,7 +37,7 @@ def constant(data: np.ndarray, like: Any) -> Any:
 
 def exact_rtol(dtype: Any) -> float:
     """Relative size below which a singular value counts as zero in an exact conversion."""
-    return 100.0 * _eps(dtype)
+    return NOISE_MARGIN * _eps(dtype)
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -125,7 +125,7 @@ def parse_tt_rank(rank: Any, n_modes: int) -> list[int | None]:
 
 def _svd(M: Any, cap: int | None, exact: bool) -> tuple[Any, Any, Any]:
     m, n = _shape(M)
-    if not exact and cap is not None and cap + 10 < min(m, n) // 2:
+    if not exact and randomized_pays(cap, m, n):
         return svd_randomized(M[None], cap, 0)  # type: ignore[no-any-return]
     return svd_full(M)
 
@@ -152,16 +152,22 @@ def choose_rank(s: Any, total: float, cap: int | None, budget: Budget, cutoff: f
 
 
 IMPLICIT_MIN_SIZE = 1 << 18  # entries of Y above which a capped cut is factorised without forming Y
+#: the implicit randomized SVD sketches wider, and iterates more, than :func:`svd_randomized`: each
+#: product with Y is cheap (Y is never formed), and the subspace it finds is carried into every
+#: later core of the sweep, so its accuracy is worth more there
+IMPLICIT_OVERSAMPLING = 2 * OVERSAMPLING
+IMPLICIT_POWER_ITERATIONS = 4
 
 
 def _implicit_ok(apply: Applier, k: int, cap: int | None, budget: Budget) -> bool:
     if cap is None or math.isfinite(budget.left) or not hasattr(apply, "matvec"):
         return False
     rows, cols = k * apply.d, apply.n_cols  # type: ignore[attr-defined]
-    return rows * cols > IMPLICIT_MIN_SIZE and cap + 10 < min(rows, cols) // 2
+    return rows * cols > IMPLICIT_MIN_SIZE and randomized_pays(cap, rows, cols)
 
 
-def implicit_svd(carry: Any, core: Any, cap: int, oversampling: int = 20, n_power: int = 4) -> tuple[Any, Any, Any]:
+def implicit_svd(carry: Any, core: Any, cap: int, oversampling: int = IMPLICIT_OVERSAMPLING,
+                 n_power: int = IMPLICIT_POWER_ITERATIONS) -> tuple[Any, Any, Any]:
     """Randomized SVD (Halko, Martinsson and Tropp) of ``Y = carry @ core`` from products with Y and Y^H."""
     ell = cap + oversampling
     rng = np.random.default_rng(0)
@@ -254,3 +260,14 @@ def tt_hosvd(cores: list[Any], caps: list[int | None], tol: float | None) -> tup
             work[n] = tl.reshape(Q, (r0, d, int(Q.shape[1])))
     projected = [tl.einsum("aib,ik->akb", c, tl.conj(U)) for c, U in zip(cores, factors)]
     return tt_to_dense_small(projected), factors
+
+
+def tt_norm_sq(cores: Sequence[Any]) -> float:
+    """``||W||^2`` of the TT ``cores``, from the cores alone (a chain of core Gram products)."""
+    acc: Any = None
+    for c in cores:
+        step = tl.einsum("aib,cid->acbd", c, tl.conj(c))
+        r0, r1 = int(c.shape[0]), int(c.shape[2])
+        step = tl.reshape(step, (r0 * r0, r1 * r1))
+        acc = step if acc is None else tl.matmul(acc, step)
+    return float(np.real(tl.to_numpy(tl.sum(acc))))

@@ -14,7 +14,6 @@ the leftover parameters filled one bond at a time (:func:`fit_caps`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..decomposition import decompose
+from ..linalg.svd import gram_eigvalsh
 from ..structure import Structure
 
 
@@ -37,15 +37,11 @@ class Spectra:
         self.norm2 = float(np.sum(W.astype(np.float64) ** 2))
         self._cache: dict[tuple[str, int], np.ndarray] = {}
 
-    def _sq(self, M: np.ndarray) -> np.ndarray:
-        G = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M
-        return np.clip(np.linalg.eigvalsh(G.astype(np.float64))[::-1], 0.0, None)
-
     def prefix(self, k: int) -> np.ndarray:
         key = ("prefix", k)
         if key not in self._cache:
             d = self.W32.shape
-            self._cache[key] = self._sq(self.W32.reshape(math.prod(d[:k]), -1))
+            self._cache[key] = gram_eigvalsh(self.W32.reshape(math.prod(d[:k]), -1), np.float64)
         return self._cache[key]
 
     def mode(self, k: int) -> np.ndarray:
@@ -54,7 +50,7 @@ class Spectra:
         key = ("mode", k)
         if key not in self._cache:
             M = np.moveaxis(self.W32, k, 0).reshape(self.W32.shape[k], -1)
-            self._cache[key] = self._sq(M)
+            self._cache[key] = gram_eigvalsh(M, np.float64)
         return self._cache[key]
 
     def rank_for(self, s2: np.ndarray, t: float, n_bonds: int) -> int:
@@ -103,11 +99,6 @@ PROFILES: dict[str, Callable[[Spectra, tuple[int, ...], float], list[int]]] = {
     "chain": _tt_profile, "ring": _tr_profile, "tucker": _tucker_profile}
 
 
-def params_of(st: Structure, rank: dict[str, int]) -> int:
-    """Parameters of ``st`` at bond sizes ``rank``."""
-    return sum(math.prod(rank[c] for c in lab) * P for lab, P in zip(st.labels, st.factor_sizes))
-
-
 def _scaled(base: dict[str, int], alpha: float) -> dict[str, int]:
     return {c: max(1, math.floor(r * alpha)) for c, r in base.items()}
 
@@ -117,19 +108,19 @@ def fit_caps(st: Structure, base: dict[str, int], budget: float) -> dict[str, in
 
     The fill raises the least-filled bond (relative to ``base``) by one while the budget allows.
     """
-    if params_of(st, base) <= budget:
+    if st.n_params(base) <= budget:
         return dict(base)
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if params_of(st, _scaled(base, mid)) <= budget else (lo, mid)
+        lo, hi = (mid, hi) if st.n_params(_scaled(base, mid)) <= budget else (lo, mid)
     caps = _scaled(base, lo)
     grown = True
     while grown:
         grown = False
         for c in sorted(base, key=lambda c: caps[c] / base[c]):
             trial = {**caps, c: caps[c] + 1}
-            if caps[c] < base[c] and params_of(st, trial) <= budget:
+            if caps[c] < base[c] and st.n_params(trial) <= budget:
                 caps, grown = trial, True
                 break
     return caps
@@ -172,76 +163,14 @@ def matched_profile(sp: Spectra, st: Structure, budget: float) -> dict[str, int]
     :func:`fit_caps` then scales it into the budget; when even the full profile fits, it is returned.
     """
     full = profile(sp, st, 0.0)
-    if params_of(st, full) <= budget:
+    if st.n_params(full) <= budget:
         return full
     lo, hi = 1e-6, 1.0  # want params(lo) > budget >= params(hi)
-    if params_of(st, profile(sp, st, lo)) <= budget:
+    if st.n_params(profile(sp, st, lo)) <= budget:
         return full
-    if params_of(st, profile(sp, st, hi)) > budget:
+    if st.n_params(profile(sp, st, hi)) > budget:
         return profile(sp, st, hi)
     for _ in range(24):
         mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if params_of(st, profile(sp, st, mid)) > budget else (lo, mid)
+        lo, hi = (mid, hi) if st.n_params(profile(sp, st, mid)) > budget else (lo, mid)
     return profile(sp, st, lo)
-
-
-def single_blas_thread() -> Any:
-    """Limit BLAS/LAPACK to one thread (threadpoolctl, when installed) for the search's many small eigh/QR calls.
-
-    OpenBLAS's threaded symmetric eigensolvers synchronise per column: on a busy machine a
-    512 x 512 ``eigh`` costs ~100x more CPU with two threads than with one.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> with single_blas_thread():
-    ...     w = np.linalg.eigvalsh(np.eye(3))
-    >>> w.tolist()
-    [1.0, 1.0, 1.0]
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional dependency
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def set_partitions(items: Sequence[int], blocks: int) -> list[list[list[int]]]:
-    """Partitions of ``items`` into ``blocks`` non-empty blocks (blocks in order of their first item).
-
-    Examples
-    --------
-    >>> len(set_partitions(range(4), 3))
-    6
-    """
-    items = list(items)
-    if blocks == 0:
-        return [[]] if not items else []
-    if len(items) < blocks:
-        return []
-    first, rest = items[0], items[1:]
-    out = [[[first], *p] for p in set_partitions(rest, blocks - 1)]
-    for p in set_partitions(rest, blocks):
-        for i in range(len(p)):
-            out.append([*p[:i], [first, *p[i]], *p[i + 1:]])
-    return out
-
-
-def grouped_grids(shape: Sequence[int], n_factors: int) -> list[tuple[tuple[int, ...], ...]]:
-    """Grids in which every factor owns whole modes, and some factor owns two or more.
-
-    These are the classical formats of a reshaped weight, e.g. CP of a kernel
-    ``(F, C, kh, kw)`` seen as ``(F, C, kh*kw)``: ``(F,1,1,1) x (1,C,1,1) x (1,1,kh,kw)``.
-
-    Examples
-    --------
-    >>> grouped_grids((4, 5, 3, 3), 3)[0]
-    ((4, 1, 1, 1), (1, 5, 1, 1), (1, 1, 3, 3))
-    """
-    live = [n for n, d in enumerate(shape) if d > 1]
-    out = []
-    for part in sorted(set_partitions(live, n_factors), key=lambda p: [len(b) for b in p]):
-        if all(len(block) <= 1 for block in part):
-            continue
-        out.append(tuple(tuple(shape[n] if n in block else 1 for n in range(len(shape))) for block in part))
-    return out

@@ -25,7 +25,6 @@ Every point carries the ``decompose`` keywords that reproduce it exactly.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from .._backend import using
 from ..decomposition import decompose
+from ..linalg.cp_als import MTTKRP, cp_als
+from ..linalg.svd import gram_eigvalsh, gram_top
 from ..structure import Structure
 from . import _baselines as bl
 from ._cache import memo
@@ -44,6 +46,12 @@ ALS_ITERS = 60
 ALS_FLOPS = 1.5e9
 #: columns of the randomized sketch that screens large S = 2 grids
 SKETCH = 32
+#: TT / TR / Tucker rank profiles (the target ``t`` of :func:`sekron.structure_search._baselines.profile`):
+#: besides the profile matched to one budget, the one at ``t = 0.3`` (another shape of ranks,
+#: which sometimes fits the budget better); for a ladder of budgets, two profiles bracketing
+#: the usual compression errors
+SECOND_PROFILE_TOLS = (0.3,)
+LADDER_PROFILE_TOLS = (0.1, 0.4)
 #: leading level-1 branches, and flop allowance, of the exact split screen
 SCREEN_BRANCHES = 4
 SCREEN_FLOPS = 2e9
@@ -84,16 +92,6 @@ def _family(st: Structure, kind: str, params: Any, err: Any, ranks: Any, extra: 
                   np.asarray(ranks, dtype=np.int64).reshape(len(params), -1), extra)
 
 
-def sq_svals(M: np.ndarray) -> np.ndarray:
-    """Squared singular values of a batch ``(B, m, n)`` (or one matrix), decreasing, via the smaller Gram."""
-    single = M.ndim == 2
-    M = M[None] if single else M
-    m, n = M.shape[-2:]
-    G = M @ np.swapaxes(M, -1, -2).conj() if m <= n else np.swapaxes(M, -1, -2).conj() @ M
-    ev = np.clip(np.linalg.eigvalsh(G)[..., ::-1].real, 0.0, None)
-    return ev[0] if single else ev
-
-
 def _tails(s2: np.ndarray, total: np.ndarray | float) -> np.ndarray:
     """``tails[..., r] = total - sum_{i < r} s2[..., i]`` for r = 0..k (never below 0)."""
     head = np.concatenate([np.zeros((*s2.shape[:-1], 1)), np.cumsum(s2, axis=-1)], axis=-1)
@@ -107,16 +105,14 @@ def _rank_points(st: Structure, ranks: np.ndarray, params: np.ndarray, err2: np.
 
 def level1(T: np.ndarray, P1: int, r: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """First split of T as (P_1, rest): the top ``r`` squared singular values and rows ``C = s Vh``."""
-    from scipy.linalg import eigh
-
     M = T.reshape(P1, -1)
     m, n = M.shape
     k = min(m, n) if r is None else max(1, min(r, m, n))
-    G = M @ M.T if m <= n else M.T @ M
-    size = G.shape[0]
-    ev, V = eigh(G, subset_by_index=[size - k, size - 1])
-    ev, V = np.clip(ev[::-1], 0, None), V[:, ::-1]
-    C = V.T @ M if m <= n else np.sqrt(ev)[:, None] * V.T
+    top = gram_top(M[None], k)
+    assert top is not None  # a single numpy matrix
+    V, ev, tall, _ = top
+    V, ev = V[0], np.clip(ev[0], 0, None)
+    C = np.sqrt(ev)[:, None] * V.T if tall else V.T @ M
     return ev, C
 
 
@@ -124,7 +120,7 @@ def two_factor(W: np.ndarray, st: Structure, max_params: float, pattern: str) ->
     """All ranks of an S = 2 grid (nested = chain = cp for S = 2); errors in W's precision."""
     P1, P2 = st.factor_sizes
     s2 = memo("svals", W, {"grid": st.factor_shapes},
-              lambda: {"s2": sq_svals(st.rearrange(W).reshape(P1, P2)).astype(np.float64)})["s2"]
+              lambda: {"s2": gram_eigvalsh(st.rearrange(W).reshape(P1, P2)).astype(np.float64)})["s2"]
     norm2 = float(np.sum(np.abs(W.astype(np.float64)) ** 2))
     tails = _tails(s2, norm2)
     k = s2.shape[0]
@@ -148,7 +144,7 @@ def screen_error(W32: np.ndarray, st: Structure, max_params: float, total: float
     M = st.rearrange(W32).reshape(P1, P2)
     k = min(R, SKETCH) + 8
     if min(P1, P2) <= 2 * k:
-        s2 = sq_svals(M)
+        s2 = gram_eigvalsh(M)
     else:  # s^2 of Q^T M for Q = orth(M Omega): the generalized eigenvalues of (Z Z^T, Y^T Y)
         from scipy.linalg import eigh
 
@@ -184,7 +180,7 @@ def split_screen(C: np.ndarray, s2: np.ndarray, b: tuple[int, ...], P1: int, bud
         if exact:
             g1, g2 = g.factor_shapes
             blocks = Structure([(m, *g1), (1, *g2)]).rearrange(lead).reshape(m, Q1, Q2)
-            frac = np.mean(_tails(sq_svals(blocks), s2[:m]) / np.maximum(s2[:m, None], 1e-300), axis=0)[1:]
+            frac = np.mean(_tails(gram_eigvalsh(blocks), s2[:m]) / np.maximum(s2[:m, None], 1e-300), axis=0)[1:]
         else:
             frac = np.array([screen_error(lead, g, R2 * (Q1 + Q2), float(s2[0])) ** 2
                              for R2 in range(1, min(Q1, Q2) + 1)])
@@ -236,7 +232,7 @@ def _nested3(st: Structure, blocks: np.ndarray, s2: np.ndarray, tail1: np.ndarra
              max_params: float) -> Family:
     P1, P2, P3 = st.factor_sizes
     r1max = blocks.shape[0]
-    branch = _tails(sq_svals(blocks), s2[:r1max])  # (r1max, k2 + 1)
+    branch = _tails(gram_eigvalsh(blocks), s2[:r1max])  # (r1max, k2 + 1)
     cum = np.cumsum(branch, axis=0)  # cum[R1 - 1, R2] = sum_{r < R1} tail_r(R2)
     R1 = np.arange(1, r1max + 1)
     R2 = np.arange(1, branch.shape[1])
@@ -255,7 +251,7 @@ def _gram3(st: Structure, blocks: np.ndarray, tail1: np.ndarray, norm2: float, m
     for i, R1 in enumerate(R1s):
         B = blocks[:R1]
         M = B.reshape(R1 * P2, P3) if pattern == "chain" else np.moveaxis(B, 1, 0).reshape(P2, R1 * P3)
-        tail = _tails(sq_svals(M), tail1[0] - tail1[R1])
+        tail = _tails(gram_eigvalsh(M), tail1[0] - tail1[R1])
         R2 = np.arange(1, tail.shape[0])
         if pattern == "chain":
             params[i, : len(R2)] = R1 * P1 + R1 * P2 * R2 + R2 * P3
@@ -287,13 +283,12 @@ def _mttkrp(T: np.ndarray, facs: list[np.ndarray], k: int) -> np.ndarray:
 
 def leading_vectors(M: np.ndarray, R: int) -> np.ndarray:
     """The top ``min(R, m, n)`` left singular vectors of ``M`` (m, n), from the smaller Gram matrix."""
-    m, n = M.shape
-    k = min(R, m, n)
-    if m <= n:
-        return np.linalg.eigh(M @ M.T)[1][:, ::-1][:, :k]
-    ev, V = np.linalg.eigh(M.T @ M)
-    ev, V = ev[::-1][:k], V[:, ::-1][:, :k]
-    U = M @ V
+    top = gram_top(M[None], min(R, *M.shape))
+    assert top is not None  # a single numpy matrix
+    V, _, tall, _ = top
+    if not tall:
+        return V[0]
+    U = M @ V[0]
     return U / np.maximum(np.linalg.norm(U, axis=0), np.finfo(float).tiny)
 
 
@@ -302,8 +297,9 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
     """CP-ALS on T (numpy), SVD-initialised (or from ``init``, factors (P_k, R)); returns factors (P_k, R),
     weights folded in.
 
-    Stops after ``n_iter`` sweeps, when the relative error changes by less than ``tol``, or
-    after the sweep that passes ``deadline`` (a ``time.perf_counter()`` value).
+    Stops after ``n_iter`` sweeps or when the relative error changes by less than ``tol``
+    (:func:`sekron.linalg.cp_als.cp_als`, with the dimension-tree MTTKRP of :func:`_tree_mttkrp`).
+    With ``deadline`` (a ``time.perf_counter()`` value) it also stops after the sweep that passes it.
     """
     rng = np.random.default_rng(0)
     facs = [np.array(f, dtype=float) for f in init] if init is not None else []
@@ -313,40 +309,30 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
         if U.shape[1] < R:
             U = np.concatenate([U, rng.standard_normal((P, R - U.shape[1])) / math.sqrt(P)], axis=1)
         facs.append(U)
-    norm2, last = float(np.sum(T * T)), np.inf
-    L = int(np.argmax(T.shape))  # dimension tree: T x_L A_L serves every other mode's MTTKRP
+    mttkrp, order = _tree_mttkrp(T)
+    with using("numpy"):
+        return cp_als(mttkrp, facs, float(np.sum(T * T)), n_iter, tol, order, deadline=deadline)
+
+
+def _tree_mttkrp(T: np.ndarray) -> tuple[MTTKRP, list[int]]:
+    """Dimension-tree MTTKRP of a real T, and the mode order it wants: the largest mode L first.
+
+    ``T x_L A_L``, formed once after A_L is updated, serves every other mode's MTTKRP.
+    """
+    L = int(np.argmax(T.shape))
     rest = [k for k in range(T.ndim) if k != L]
     TL = np.moveaxis(T, L, 0).reshape(T.shape[L], -1)
-    X = np.empty(0)
-    grams = [f.T @ f for f in facs]
-    for _ in range(n_iter):
-        for k in [L, *rest]:
-            G = np.ones((R, R))
-            for j, g in enumerate(grams):
-                if j != k:
-                    G *= g
-            M = _mttkrp(T, facs, L) if k == L else _batched_mttkrp(X, [facs[j] for j in rest], rest.index(k))
-            G[np.diag_indices(R)] += 1e-12 * max(float(np.trace(G)), 1e-300)
-            facs[k] = _spd_solve(G, M.T).T
-            grams[k] = facs[k].T @ facs[k]
-            if k == L:
-                X = (facs[L].T @ TL).reshape((R, *(T.shape[j] for j in rest)))
-        err2 = norm2 - 2 * float(np.sum(M * facs[k])) + float(np.sum(G * grams[k]))
-        err = math.sqrt(max(err2, 0.0) / norm2) if norm2 > 0 else 0.0
-        if abs(last - err) < tol or (deadline is not None and time.perf_counter() >= deadline):
-            break
-        last = err
-    return facs
+    cache: dict[str, Any] = {}
 
+    def mttkrp(facs: list[np.ndarray], k: int) -> np.ndarray:
+        if k == L:
+            return _mttkrp(T, facs, L)
+        if cache.get("of") is not facs[L]:
+            R = facs[L].shape[1]
+            cache["of"], cache["X"] = facs[L], (facs[L].T @ TL).reshape((R, *(T.shape[j] for j in rest)))
+        return _batched_mttkrp(cache["X"], [facs[j] for j in rest], rest.index(k))
 
-def _spd_solve(G: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``G^-1 B`` for a symmetric positive (semi)definite G: Cholesky, or LU when that fails."""
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve
-
-    try:
-        return cho_solve(cho_factor(G, check_finite=False), B, check_finite=False)
-    except LinAlgError:
-        return np.linalg.solve(G, B)
+    return mttkrp, [L, *rest]
 
 
 def _batched_mttkrp(X: np.ndarray, facs: list[np.ndarray], i: int) -> np.ndarray:
@@ -410,11 +396,11 @@ def caps_family(W: np.ndarray, st: Structure, budgets: Sequence[float], tols: Se
     rank=caps)``, which gives the exact error from the discarded singular values.
     """
     sp = spectra if spectra is not None else bl.Spectra(W)
-    if tols is None and len(budgets) == 1:  # one budget (search): the profile matched to it, and t = 0.3
+    if tols is None and len(budgets) == 1:  # one budget (search): the profile matched to it, and a second one
         bases = [bl.matched_profile(sp, st, budgets[0])]
-        bases += [p for p in bl.profiles(sp, st, (0.3,)) if p not in bases]
+        bases += [p for p in bl.profiles(sp, st, SECOND_PROFILE_TOLS) if p not in bases]
     else:  # a ladder (compress): two profiles, for a finer frontier
-        bases = bl.profiles(sp, st, (0.1, 0.4) if tols is None else tols)
+        bases = bl.profiles(sp, st, LADDER_PROFILE_TOLS if tols is None else tols)
     params: list[int] = []
     err: list[float] = []
     opts: list[dict[str, Any]] = []

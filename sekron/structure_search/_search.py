@@ -26,7 +26,7 @@ Search space (for a weight of shape ``(d_1, .., d_N)``, e.g. a conv kernel ``(F,
    TT / TR / Tucker ranks from the unfolding spectra matched to the budget, then one exact
    ``decompose`` (:mod:`sekron.structure_search._baselines`); CP by ALS.
 
-All scoring runs with BLAS limited to one thread (:func:`sekron.structure_search._baselines.single_blas_thread`):
+All scoring runs with BLAS limited to one thread (:func:`sekron._backend.single_blas_thread`):
 its many small ``eigh`` calls are far slower threaded on a busy machine.
 
 Pruning: a structure whose smallest rank exceeds the parameter budget is dropped, and
@@ -52,7 +52,7 @@ import numpy as np
 import tensorly as tl
 from tensorly.cp_tensor import CPTensor
 
-from .._backend import infer_backend, using
+from .._backend import infer_backend, single_blas_thread, using
 from .._validation import check_array, check_choice
 from ..decomposition import decompose
 from ..decomposition._decompose import _power_of_two_scale
@@ -62,12 +62,12 @@ from . import _baselines as bl
 from . import _scoring as sc
 from ._cache import memo
 from ._candidates import Candidates
-from ._grouped import cp_rank as _cp_rank
+from ._grouped import cp_ranks
 from ._grouped import whole_mode_families as _grouped
 
 #: total Gram flops below which every S = 2 grid is scored
 EXHAUSTIVE_FLOPS = 4e9
-#: coordinate-descent sweeps per start, and visited S = 2 grids kept (rescored in float64)
+#: coordinate-descent sweeps (from the balanced split), and visited S = 2 grids kept (rescored in float64)
 CD_SWEEPS = 2
 CD_KEEP = 3
 #: S = 2 grids refined into S = 3 grids
@@ -82,6 +82,9 @@ TOP_CP = 1
 POLISH_TOP = 3
 POLISH_ITERS = 300
 POLISH_SECONDS = 2.0
+#: under ``max_macs``, at most this many least-error points of a family get their MACs computed
+#: (one conv_cost each); a family whose best points all exceed ``max_macs`` is dropped
+MACS_CHECKS = 40
 OBJECTIVES = ("error", "macs", "params")
 BASELINES = ("tt", "tr", "cp", "tucker")
 
@@ -226,19 +229,18 @@ def _coordinate_descent(W: np.ndarray, budget: float, top: float, pattern: str) 
                 seen[first] = sc.screen_error(W32, st, budget, total)
         return seen[first]
 
-    balanced = tuple(_middle_divisor(d) for d in shape)
-    for start in [balanced]:
-        cur, cur_err = start, score(start)
-        for _ in range(CD_SWEEPS):
-            moved = False
-            for n, d in enumerate(shape):
-                for a in _divisors(d):
-                    trial = (*cur[:n], a, *cur[n + 1:])
-                    e = score(trial)
-                    if e < cur_err:
-                        cur, cur_err, moved = trial, e, True
-            if not moved:
-                break
+    cur = tuple(_middle_divisor(d) for d in shape)  # from the balanced split
+    cur_err = score(cur)
+    for _ in range(CD_SWEEPS):
+        moved = False
+        for n, d in enumerate(shape):
+            for a in _divisors(d):
+                trial = (*cur[:n], a, *cur[n + 1:])
+                e = score(trial)
+                if e < cur_err:
+                    cur, cur_err, moved = trial, e, True
+        if not moved:
+            break
     best = sorted((e, first) for first, e in seen.items() if math.isfinite(e))[:CD_KEEP]
     return [sc.two_factor(W, Structure((first, tuple(d // a for d, a in zip(shape, first))), pattern), top, pattern)
             for _, first in best]
@@ -281,14 +283,14 @@ def _best_err(fam: sc.Family, budget: float) -> float:
 
 
 def _baselines(W: np.ndarray, budget: float, budgets: Sequence[float], which: Sequence[str]) -> list[sc.Family]:
-    """The axis-aligned formats; cp (ALS) only up to twice ``budget`` unless it is the only one asked for."""
+    """The axis-aligned formats; cp (ALS) only up to ``CP_BUDGET_FACTOR * budget`` unless it is the only one
+    asked for."""
     out = []
     spectra = bl.Spectra(W)
     for name in which:
         st = getattr(Structure, name)(W.shape)
         if name == "cp":
-            als = [b for b in budgets if len(which) == 1 or b <= 2 * budget]
-            ranks = [_cp_rank(st, b) for b in als if _cp_rank(st, b) >= 1]
+            ranks = cp_ranks(st, budgets, math.inf if len(which) == 1 else budget)
             fam = sc.cp_family(W, st, ranks) if ranks else None
         else:
             fam = sc.caps_family(W, st, budgets, spectra=spectra)
@@ -307,7 +309,7 @@ def families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: S
     ``max(budget, *ladder, spectrum_top)`` parameters, and the ALS and rank-cap families are also
     evaluated at each budget of ``ladder`` (used by :func:`sekron.torch.compress`).
     """
-    with bl.single_blas_thread(), using("numpy"):  # numpy throughout, whatever tensorly's global backend
+    with single_blas_thread(), using("numpy"):  # numpy throughout, whatever tensorly's global backend
         return _families(W, budget, n_factors, patterns, baselines, ladder, spectrum_top)
 
 
@@ -332,7 +334,7 @@ def _families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: 
                                key=lambda f: _best_err(f, budget))[:TOP_CP]
                 for f in best3:
                     st = Structure(f.structure.factor_shapes, "cp")
-                    ranks = [_cp_rank(st, b) for b in budgets if _cp_rank(st, b) >= 1 and b <= 2 * budget]
+                    ranks = cp_ranks(st, budgets, budget)
                     if ranks:
                         fams.append(sc.cp_family(W, st, ranks))
     fams += _grouped(W, budget, budgets, top_budget, n_factors, patterns, s2_pattern)
@@ -360,7 +362,7 @@ def _pick(fam: sc.Family, budget: float, max_macs: float | None, macs_of: Any) -
     ordered = ok[np.lexsort((fam.params[ok], fam.err[ok]))]
     if macs_of is None:
         return int(ordered[0]), None
-    for idx in ordered[:40]:
+    for idx in ordered[:MACS_CHECKS]:
         macs = macs_of(fam, int(idx))
         if max_macs is None or macs <= max_macs:
             return int(idx), macs
