@@ -14,6 +14,7 @@ keep working: they resolve to :mod:`sekron.convolution` and :mod:`sekron.structu
 
 import sys as _sys
 
+from ._validation import set_max_elements
 from .algebra import allclose, cross, inner, linear_operator
 from .conversions import (
     convert,
@@ -80,6 +81,7 @@ __all__ = [
     "save",
     "search",
     "sekron_to_tensor",
+    "set_max_elements",
     "structures",
     "to_cp",
     "to_tr",

@@ -46,6 +46,14 @@ def backend_name(array: Any) -> str | None:
     return name
 
 
+def _is_scalar(item: Any) -> bool:
+    """A 0-d array: a number (a rank given as ``torch.tensor(2)``), never data to compute on."""
+    try:
+        return tuple(item.shape) == ()
+    except (AttributeError, TypeError):
+        return False
+
+
 def infer_backend(*arrays: Any) -> str:
     """Tensorly backend name shared by ``arrays`` (nested tuples and lists searched).
 
@@ -72,6 +80,8 @@ def infer_backend(*arrays: Any) -> str:
                 part = getattr(item, attr, None)
                 if part is not None and not callable(part):
                     stack.append(part)
+            continue
+        if _is_scalar(item):  # a rank or size given as torch.tensor(2) / numpy.int64(2): not data
             continue
         found.add(name)
     if len(found) > 1:

@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,10 +32,37 @@ def _parse_rank(text: str) -> int | list[int]:
     return parts[0] if len(parts) == 1 else parts
 
 
+def check_output(path: str, flag: str = "-o") -> str:
+    """Refuse, before any work, an output path that is a directory or whose directory does not exist."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name inside it, e.g. {str(target / 'out')!r}")
+    parent = target.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path!r}: the directory {str(parent)!r} does not exist; create it first")
+    return path
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """One array from a ``.npy`` file, with a clear message for anything else."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"PK"):
+        raise ValueError(f"{path!r} is a zip archive (.npz), not a .npy file; decompose reads one array saved with "
+                         "numpy.save (for a sekron .npz use 'sekron info')")
+    if head != b"\x93NUMPY":
+        raise ValueError(f"{path!r} is not a .npy file (no NumPy header); save the array with numpy.save")
+    W = np.load(path, allow_pickle=False)
+    if not isinstance(W, np.ndarray):  # pragma: no cover - np.load of a .npy is always an array
+        raise ValueError(f"{path!r} holds no array")
+    return W
+
+
 def _cmd_decompose(args: argparse.Namespace) -> int:
     from . import Structure, decompose, save
 
-    W = np.load(args.input, allow_pickle=False)
+    check_output(args.output)
+    W = _load_npy(args.input)
     st = Structure(args.structure, args.pattern)
     sk, err = decompose(W, st, rank=args.rank, tol=args.tol, svd=args.svd, random_state=args.seed,
                         return_error=True)
@@ -56,10 +84,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from . import load
 
+    # numpy.save appends .npy to a name without it: name the file that is really written
+    output = args.output if args.output.endswith(".npy") else args.output + ".npy"
+    check_output(args.output)
+    check_output(output)
     sk = load(args.input)
     W = np.asarray(sk.to_tensor())
-    np.save(args.output, W)
-    print(f"wrote {args.output}: shape {W.shape}, dtype {W.dtype}")
+    np.save(output, W)
+    print(f"wrote {output}: shape {W.shape}, dtype {W.dtype}")
     return 0
 
 
@@ -98,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconstruct", help="rebuild the full tensor and save it as .npy")
     p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="output file (.npy is appended when missing)")
     p.set_defaults(func=_cmd_reconstruct)
 
     sub.add_parser("compress", help="compress a PyTorch model (needs torch): sekron compress --help",
@@ -125,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: Any = args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"sekron {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return int(status)

@@ -12,6 +12,7 @@ import tensorly as tl
 from packaging.version import InvalidVersion, Version
 
 from ._backend import using
+from ._validation import check_size
 from .sekron_tensor import SeKronTensor
 from .structure import Structure
 
@@ -70,6 +71,9 @@ def _read_meta(archive: Any, path: str) -> dict[str, Any]:
         meta = json.loads(str(archive[_META_KEY][()]))
     except (json.JSONDecodeError, ValueError) as exc:
         raise ValueError(f"{path!r}: the sekron metadata is not valid JSON ({exc}); the file is corrupt") from exc
+    except RecursionError:
+        raise ValueError(f"{path!r}: the sekron metadata is nested too deeply to be sekron's; the file is corrupt "
+                         "or forged") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path!r}: metadata does not describe a sekron file: {meta!r}")
     version = meta.get("format_version")
@@ -83,6 +87,33 @@ def _read_meta(archive: Any, path: str) -> dict[str, Any]:
     return meta
 
 
+def _check_member(archive: Any, key: str, path: str) -> None:
+    """Read a factor's .npy header and refuse, before numpy allocates it, a shape the file cannot hold.
+
+    A forged header can claim any shape; numpy would allocate that much memory before
+    noticing that the data is missing.
+    """
+    zf = getattr(archive, "zip", None)
+    if zf is None:
+        return
+    name = key + ".npy"
+    try:
+        info = zf.getinfo(name)
+        with zf.open(name) as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(fh)  # type: ignore[operator]
+            header_len = fh.tell()
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path!r}: the header of {key!r} could not be read ({exc}); the file is corrupt") from exc
+    n = check_size(shape, f"{path!r}: factor {key!r} of shape {shape}", "the file may be forged or corrupt")
+    need = n * np.dtype(dtype).itemsize
+    if need > info.file_size - header_len:
+        raise ValueError(f"{path!r}: factor {key!r} claims shape {shape} ({need:,} bytes of {np.dtype(dtype)}) but "
+                         f"the archive stores only {info.file_size - header_len:,} bytes for it; the file is "
+                         "corrupt or forged")
+
+
 def load(path: str | os.PathLike[str]) -> SeKronTensor:
     """Read a SeKron tensor written by :func:`save`; the factors come back as numpy arrays.
 
@@ -92,7 +123,9 @@ def load(path: str | os.PathLike[str]) -> SeKronTensor:
     Raises
     ------
     ValueError
-        If the file is not a sekron archive, is corrupt, or was written by a newer format.
+        If the file is not a sekron archive, is corrupt, was written by a newer format,
+        or a factor's header claims more data than the file holds or than the size
+        budget allows (checked before anything is allocated).
 
     Examples
     --------
@@ -121,6 +154,8 @@ def load(path: str | os.PathLike[str]) -> SeKronTensor:
         missing = [k for k in keys if k not in archive.files]
         if missing:
             raise ValueError(f"{path!r} misses factor arrays {missing}; the file is truncated or corrupt")
+        for k in keys:
+            _check_member(archive, k, path)
         try:
             factors = [archive[k] for k in keys]
         except (ValueError, zipfile.BadZipFile, OSError) as exc:

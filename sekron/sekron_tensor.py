@@ -20,7 +20,7 @@ import numpy as np
 import tensorly as tl
 
 from ._backend import dispatch, infer_backend, using
-from ._validation import check_array
+from ._validation import check_array, check_size
 from .linalg.contract import LabelAllocator, contract
 from .structure import Structure
 
@@ -63,14 +63,25 @@ def _validate_factors(factors: Any, st: Structure) -> tuple[tuple[Any, ...], str
     dtypes = {str(f.dtype) for f in factors}
     if len(dtypes) > 1:
         raise TypeError(f"all factors must share one dtype, got {sorted(dtypes)}; cast them first")
+    dtype = dtypes.pop()
+    if not any(k in dtype for k in ("float", "complex")):
+        raise TypeError(
+            f"factors must have a floating or complex dtype, got {dtype} (integer products overflow silently and "
+            "bool/object arrays have no arithmetic); cast them first, e.g. f.astype(numpy.float64) or f.double()")
     return factors, backend
 
 
 class SeKronTensor:
     """A tensor in SeKron form: factors plus their :class:`~sekron.Structure`.
 
-    Immutable and validated once. Factor ``k`` has shape
-    ``(*bond sizes in structure.labels[k] order, *structure.factor_shapes[k])``.
+    Validated once, and immutable as an object: its factors and structure cannot be
+    reassigned, and no sekron function modifies a factor in place. The factor arrays are
+    **not copied**, though: the SeKronTensor holds the very arrays passed in (and
+    :func:`sekron.from_tt` holds the TT cores it was given), so writing into one of them
+    afterwards, or into ``sk.factors[k]``, changes the tensor. Pass copies
+    (``[f.copy() for f in factors]``) when the arrays will be reused. Factor ``k`` has shape
+    ``(*bond sizes in structure.labels[k] order, *structure.factor_shapes[k])``; the
+    dtype must be floating or complex.
 
     Parameters
     ----------
@@ -160,6 +171,9 @@ class SeKronTensor:
 
     def to_tensor(self) -> Any:
         """The full tensor W (same backend, dtype and device as the factors).
+
+        Refused with a ValueError, before allocating, when W has more elements than
+        the size budget (``sekron.set_max_elements``).
 
         Examples
         --------
@@ -334,9 +348,45 @@ def sekron_to_tensor(sk: SeKronTensor) -> Any:
     if not isinstance(sk, SeKronTensor):
         raise TypeError(f"expected a SeKronTensor, got {type(sk).__name__}")
     st = sk.structure
+    check_size(st.shape, f"the dense tensor of shape {st.shape}",
+               "work with the factors instead (norm(), the conversions, conv)")
     out = LabelAllocator(st.labels).many(st.n_factors)
     T = contract(_flat_operands(sk, out), out)
     return st._unrearrange(T)
+
+
+def _max_abs(f: Any) -> float | None:
+    """The largest magnitude in ``f`` as a float; None when it cannot be read (a traced array under jit)."""
+    try:
+        return float(tl.to_numpy(tl.max(tl.abs(f))))
+    except Exception:  # jax tracers, lazy arrays: compute unscaled
+        return None
+
+
+def _scaled(sk: SeKronTensor) -> tuple[SeKronTensor, float]:
+    """``sk`` with every factor scaled to max magnitude 1, and the log of the scale that was divided out.
+
+    Products of tiny (1e-200) or huge (1e200) entries under- or overflow; scaled
+    factors keep every partial product near 1.
+    """
+    scales = [_max_abs(f) for f in sk.factors]
+    if any(s is None or s == 0 or not math.isfinite(s) for s in scales):
+        return sk, 0.0
+    logs = [math.log10(s) for s in scales]  # type: ignore[arg-type]
+    single = any(t in str(sk.dtype) for t in ("float32", "complex64", "float16"))
+    safe = 15 if single else 100  # squares of products within 10^(2 * safe) stay far from under- and overflow
+    if abs(math.fsum(logs)) <= safe and all(abs(v) <= safe for v in logs):
+        return sk, 0.0  # ordinary magnitudes: leave the factors bit for bit as they are
+    factors = [f / s for f, s in zip(sk.factors, scales)]
+    return SeKronTensor(factors, sk.structure), math.fsum(math.log(s) for s in scales)  # type: ignore[arg-type]
+
+
+def _unscale(arrays: list[Any], log_scale: float) -> list[Any]:
+    """Share ``exp(log_scale)`` out equally over ``arrays`` (the inverse of :func:`_scaled` on a product)."""
+    if log_scale == 0 or not arrays:
+        return arrays
+    share = math.exp(log_scale / len(arrays))
+    return [a * share for a in arrays]
 
 
 
@@ -366,7 +416,14 @@ def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, ran
     [(5, 2, 3), (5, 4, 1)]
     """
     st = _as_structure(structure)
+    unknown = sorted(set(context) - {"dtype", "device", "requires_grad"})
+    if unknown:
+        raise TypeError(f"random_sekron got unknown keyword arguments {unknown}; valid: backend, random_state, "
+                        "and the array context dtype, device, requires_grad")
     sizes = st._bond_sizes(rank)
+    n = sum(math.prod([sizes[c] for c in labels]) * math.prod(fshape)
+            for labels, fshape in zip(st.labels, st.factor_shapes))
+    check_size(n, f"the factors at rank {rank!r}", "lower the rank")
     rng = np.random.default_rng(random_state)
     complex_ = "complex" in str(context.get("dtype", ""))
     name = backend or tl.get_backend()

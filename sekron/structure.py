@@ -432,15 +432,51 @@ class Structure:
         return "\n".join([head, *rows]) + ")"
 
 
+#: the most grids :func:`structures` lists; more raise a ValueError that gives the count
+MAX_STRUCTURES = 1_000_000
+
+
+def _divisors(d: int) -> list[int]:
+    """The divisors of ``d`` in increasing order, in O(sqrt(d)) steps."""
+    small, large = [], []
+    i = 1
+    while i * i <= d:
+        if d % i == 0:
+            small.append(i)
+            if i * i != d:
+                large.append(d // i)
+        i += 1
+    return small + large[::-1]
+
+
+def _prime_exponents(d: int) -> list[int]:
+    exps, p = [], 2
+    while p * p <= d:
+        e = 0
+        while d % p == 0:
+            d //= p
+            e += 1
+        if e:
+            exps.append(e)
+        p += 1
+    if d > 1:
+        exps.append(1)
+    return exps
+
+
+def _count_factorizations(d: int, parts: int) -> int:
+    """``c_S(d) = prod_p binom(e_p + S - 1, S - 1)``: ordered factorizations of ``d`` into ``parts`` factors."""
+    return math.prod(math.comb(e + parts - 1, parts - 1) for e in _prime_exponents(d))
+
+
 def _ordered_factorizations(d: int, parts: int) -> Iterator[tuple[int, ...]]:
     """All ordered tuples of ``parts`` positive integers whose product is ``d``, lexicographic."""
     if parts == 1:
         yield (d,)
         return
-    for first in range(1, d + 1):
-        if d % first == 0:
-            for rest in _ordered_factorizations(d // first, parts - 1):
-                yield (first, *rest)
+    for first in _divisors(d):
+        for rest in _ordered_factorizations(d // first, parts - 1):
+            yield (first, *rest)
 
 
 def structures(shape: Sequence[int], n_factors: int, pattern: str = "nested", *,
@@ -465,6 +501,12 @@ def structures(shape: Sequence[int], n_factors: int, pattern: str = "nested", *,
     exclude_trivial : bool
         Drop grids in which some factor has all sizes 1 (such a factor only scales).
 
+    Raises
+    ------
+    ValueError
+        When there are more than ``MAX_STRUCTURES`` grids (counted first, with the
+        formula above, before any is built).
+
     Examples
     --------
     >>> len(structures((4, 3), 2))
@@ -475,6 +517,12 @@ def structures(shape: Sequence[int], n_factors: int, pattern: str = "nested", *,
     shape = check_shape(shape, "shape")
     S = check_int(n_factors, "n_factors")
     check_choice(pattern, "pattern", PATTERNS)
+    count = math.prod(_count_factorizations(d, S) for d in shape)
+    if count > MAX_STRUCTURES:
+        raise ValueError(
+            f"shape {shape} has {count:,} grids of {S} factors, more than structures() lists "
+            f"(MAX_STRUCTURES = {MAX_STRUCTURES:,}); use fewer factors, or sekron.search, which scores "
+            "structures without listing them all")
     per_mode = [list(_ordered_factorizations(d, S)) for d in shape]
     out = []
     for combo in itertools.product(*per_mode):

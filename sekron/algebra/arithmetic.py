@@ -284,6 +284,17 @@ def norm(a: SeKronTensor) -> Any:
     True
     """
     check_sk(a, "a")
+    from ..sekron_tensor import _scaled
+
+    scaled, log_scale = _scaled(a)  # tiny (1e-200) or huge factors: contract at unit scale (issue 11)
+    value = _norm_unscaled(scaled)
+    if log_scale == 0:
+        return value
+    with np.errstate(over="ignore"):  # a norm beyond the dtype's range is inf, as numpy's would be
+        return value * float(np.exp(log_scale))
+
+
+def _norm_unscaled(a: SeKronTensor) -> Any:
     size = math.prod(a.shape)
     if size <= _DENSE_NORM_MAX and math.prod(a.rank.values()) ** 2 > size:
         return tl.norm(tl.reshape(a.to_tensor(), (-1,)))

@@ -21,9 +21,9 @@ from tensorly.tt_tensor import TTTensor
 from tensorly.tucker_tensor import TuckerTensor
 
 from .._backend import dispatch
-from .._validation import check_int, check_tol
+from .._validation import check_int, check_size, check_tol
 from ..linalg.tt import constant, parse_tt_rank, tt_hosvd
-from ..sekron_tensor import SeKronTensor
+from ..sekron_tensor import SeKronTensor, _scaled, _unscale
 from ..structure import Structure
 from . import _cp_tt
 from ._containers import cores_of, cp_parts, tucker_parts
@@ -202,8 +202,9 @@ def to_tt(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> TTTen
     """
     sk = _check_sk(sk)
     caps = parse_tt_rank(rank, sk.structure.order)
-    cores, _ = sekron_to_tt_cores(sk, caps, check_tol(tol))
-    return TTTensor(cores)
+    scaled, log_scale = _scaled(sk)  # tiny or huge factors: work at unit scale, so no singular value underflows
+    cores, _ = sekron_to_tt_cores(scaled, caps, check_tol(tol))
+    return TTTensor(_unscale(cores, log_scale))
 
 
 @dispatch
@@ -295,6 +296,7 @@ def to_cp(sk: SeKronTensor, rank: int | None = None, *, n_iter_max: int = 200, t
         raise ValueError(f"to_cp needs a rank for a {st.pattern!r} SeKronTensor of shape {sk.shape}; only an "
                          "axis-aligned cp structure (from_cp) converts without one")
     R = check_int(rank, "rank")
+    check_size(R * max(R, sum(sk.shape)), f"to_cp's rank-{R} factors and Gram matrices", "lower the rank")
     cores, _ = sekron_to_tt_cores(sk, [None] * (st.order - 1), None)
     weights, factors = _cp_tt.cp_als_tt(cores, R, check_int(n_iter_max, "n_iter_max"), float(tol), random_state)
     return CPTensor((weights, factors))

@@ -26,12 +26,12 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import dispatch
-from .._validation import check_tol
+from .._validation import check_size, check_tol
 from ..linalg.contract import LabelAllocator, contract, einsum2
 from ..linalg.svd import svd_full
 from ..linalg.truncation import Budget, branch_mask, choose_ranks
 from ..linalg.tt import constant, tt_norm_sq, tt_round
-from ..sekron_tensor import SeKronTensor
+from ..sekron_tensor import SeKronTensor, _scaled, _unscale
 from ..structure import PATTERNS, Structure
 
 
@@ -131,6 +131,10 @@ def convert(sk: SeKronTensor, pattern: Any) -> SeKronTensor:
     routes = {c: _route(p_users[c], q_users, q_order, f"bond {c!r} of {st.labels!r}") for c in st.bond_labels}
     size = sk.rank
     comps = {b: [c for c in st.bond_labels if b in routes[c]] for b in q_order}
+    new_size = {b: math.prod(size[c] for c in comps[b]) for b in q_order}
+    total = sum(math.prod(new_size[b] for b in lab) * st.factor_sizes[k] for k, lab in enumerate(tgt.labels))
+    check_size(total, f"the {tgt.pattern or 'custom'}-pattern factors (bond sizes {new_size})",
+               "convert fewer factors at a time, or round first to lower the ranks")
     factors = [_target_factor(sk.factors[k], k, st, tgt, routes, comps, size) for k in range(st.n_factors)]
     return SeKronTensor(factors, tgt)
 
@@ -302,7 +306,8 @@ def round_(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> SeKr
     Ranks never grow: every cap is at most the current bond size. For nested that cap can
     bind (re-orthogonalising a level mixes the branches' remainders, whose ranks then add
     up); a warning then reports the error, and with neither ``rank`` nor ``tol`` a nested
-    tensor is returned unchanged. On the output of ``decompose`` the levels are already
+    tensor is returned unchanged. Whenever rounding would not reduce the number of
+    parameters, the input itself (exact) is returned. On the output of ``decompose`` the levels are already
     orthogonal, nothing mixes and the guarantee holds.
 
     Examples
@@ -326,6 +331,11 @@ def round_(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> SeKr
     caps = _caps(sk, rank)
     if st.pattern == "nested" and st.n_factors > 2 and rank is None and tol is None:
         return sk  # nothing to truncate; a re-orthogonalised nested form could need larger ranks
-    if st.n_factors == 2 and st.pattern in ("nested", "chain", "tucker", "cp"):
-        return SeKronTensor(_round_chain(sk, caps, tol), st)  # two factors, one bond: the SVD is optimal
-    return SeKronTensor(_ROUNDERS[str(st.pattern)](sk, caps, tol), st)
+    scaled, log_scale = _scaled(sk)  # tiny or huge factors: round at unit scale (no Gram entry underflows)
+    if st.n_factors == 2 and st.pattern in ("nested", "chain", "tucker", "cp"):  # one bond: the SVD is optimal
+        out = SeKronTensor(_unscale(_round_chain(scaled, caps, tol), log_scale), st)
+    else:
+        out = SeKronTensor(_unscale(_ROUNDERS[str(st.pattern)](scaled, caps, tol), log_scale), st)
+    if out.n_params >= sk.n_params:
+        return sk  # no saving (ranks never grow, so they are all unchanged): the input itself is exact
+    return out

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._backend import infer_backend, using
-from .._validation import check_array, check_choice, check_int, check_shape
+from .._validation import check_array, check_choice, check_int, check_shape, check_size
 from ..linalg.contract import einsum2
 from ..sekron_tensor import SeKronTensor
 from . import _plan as cp
@@ -179,7 +179,14 @@ def _check_and_describe(shape: tuple[int, ...], sk: SeKronTensor, stride: Any, p
     pads = _pads(padding, kshape[2:], dilation_t, stride_t)
     _check_modes(pads, shape[2:], padding_mode)
     geom = cp.Geometry(shape[0], shape[2:], stride_t, dilation_t, pads, padding_mode)
-    if any(o < 1 for o in geom.out_spatial(kshape[2:])):
+    padded = tuple(L + lo + hi for L, (lo, hi) in zip(shape[2:], pads))
+    check_size((shape[0], shape[1], *padded), f"the padded input of shape {(shape[0], shape[1], *padded)}",
+               "lower the padding")
+    out_spatial = geom.out_spatial(kshape[2:])
+    if all(o >= 1 for o in out_spatial):
+        check_size((shape[0], kshape[0], *out_spatial), f"the output of shape {(shape[0], kshape[0], *out_spatial)}",
+                   "lower the padding or the batch")
+    if any(o < 1 for o in out_spatial):
         raise ValueError(f"the input's spatial size {shape[2:]} with padding {pads} is smaller than the dilated "
                          f"kernel {kshape[2:]} at dilation {dilation_t}; pad more or use a larger input")
     st = sk.structure
@@ -400,6 +407,9 @@ def conv(x: Any, sk: SeKronTensor, stride: int | Sequence[int] = 1, padding: int
         check_array(bias, "bias")
         if tuple(bias.shape) != (sk.shape[0],):
             raise ValueError(f"bias must have shape (F,) = ({sk.shape[0]},), got {tuple(bias.shape)}")
+        if str(bias.dtype) != str(sk.dtype):
+            raise TypeError(f"bias has dtype {bias.dtype} but x and the kernel have {sk.dtype}; the output would be "
+                            "silently promoted: cast the bias to the kernel's dtype")
     plan = IMPLEMENTATIONS[implementation](spec, geom, order_t)
     with using(backend):
         y = _EXECUTORS[plan.kind](ops, x, sk, plan, geom)

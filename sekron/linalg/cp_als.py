@@ -12,6 +12,7 @@ After the last update of a sweep the error needs no extra pass over W:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,12 +38,13 @@ def _hadamard(grams: Sequence[Any], R: int, like: Any) -> Any:
 
 
 def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, tol: float,
-           order: Sequence[int] | None = None) -> list[Any]:
+           order: Sequence[int] | None = None, deadline: float | None = None) -> list[Any]:
     """Refine the CP ``factors`` (each ``(d_n, R)``) of a tensor of squared norm ``norm_sq``.
 
     ``mttkrp(factors, n)`` returns ``M_n`` for the current factors. Each sweep updates the
     modes in ``order`` (default 0..N-1); it stops after ``n_iter`` sweeps or when the relative
-    error changes by less than ``tol``. Returns the new factors (the inputs are not modified).
+    error changes by less than ``tol``, or after the sweep that passes ``deadline`` (a
+    ``time.perf_counter()`` value, optional). Returns the new factors (the inputs are not modified).
 
     Examples
     --------
@@ -71,7 +73,7 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
         inner = float(np.real(tl.to_numpy(tl.sum(M * tl.conj(U[n])))))
         approx_sq = float(np.real(tl.to_numpy(tl.sum(V * grams[n]))))
         err = math.sqrt(max(norm_sq - 2 * inner + approx_sq, 0.0) / norm_sq) if norm_sq > 0 else 0.0
-        if abs(last - err) < tol:
+        if abs(last - err) < tol or (deadline is not None and time.perf_counter() >= deadline):
             break
         last = err
     return U

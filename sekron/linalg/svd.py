@@ -9,6 +9,8 @@ error of keeping the first ``r`` terms is exactly ``sum_{i > r} s_i^2``.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -186,11 +188,42 @@ def choose_svd(svd: str | SVDFunction, shape: tuple[int, ...], dtype: Any, tol: 
     :func:`svd_full`.
     """
     if callable(svd):
-        return svd
+        return svd if svd in SVD_FUNCTIONS.values() else _checked(svd)
+    m, n = shape[-2], shape[-1]
+    precise = tol is not None and within_noise(tol**2, 1.0, dtype, min(m, n))
     if svd == "auto":
-        m, n = shape[-2], shape[-1]
-        precise = tol is not None and within_noise(tol**2, 1.0, dtype, min(m, n))
         return svd_gram if max(m, n) >= 2 * min(m, n) and not precise else svd_full
     if svd not in SVD_FUNCTIONS:
         raise ValueError(f"svd must be 'auto', a callable, or one of {sorted(SVD_FUNCTIONS)}, got {svd!r}")
+    if svd == "gram" and precise:
+        warnings.warn(f"svd='gram' squares the singular values, so it resolves them only to about "
+                      f"sqrt(eps) = {math.sqrt(_eps(dtype)):.1e} of the largest; tol={tol:g} needs more: using "
+                      "svd='full' for this unfolding", UserWarning, stacklevel=2)
+        return svd_full
     return SVD_FUNCTIONS[svd]
+
+
+def _checked(fn: SVDFunction) -> SVDFunction:
+    """A user's SVD callable, whose answer is checked to be ``(U, s, Vh)`` of consistent shapes."""
+
+    def run(M: Any, rank: int | None = None, random_state: Any = None) -> tuple[Any, Any, Any]:
+        out = fn(M, rank, random_state)
+        name = getattr(fn, "__name__", type(fn).__name__)
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise TypeError(f"the svd callable {name!r} must return a tuple (U, s, Vh) for a batch M of shape "
+                            f"{tuple(M.shape)}, got {type(out).__name__}")
+        U, s, Vh = out
+        B, m, n = (int(d) for d in M.shape)
+        try:
+            k = int(s.shape[-1])
+            ok = (tuple(U.shape) == (B, m, k) and tuple(s.shape) == (B, k) and tuple(Vh.shape) == (B, k, n))
+        except (AttributeError, TypeError, IndexError):
+            ok = False
+        if not ok:
+            shapes = [tuple(getattr(x, "shape", ())) if hasattr(x, "shape") else type(x).__name__ for x in out]
+            raise TypeError(f"the svd callable {name!r} must return U (B, m, k), s (B, k), Vh (B, k, n) for M of "
+                            f"shape {(B, m, n)}, got shapes {shapes}")
+        return U, s, Vh
+
+    run.__wrapped__ = fn  # type: ignore[attr-defined]
+    return run

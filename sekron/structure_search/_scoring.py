@@ -292,15 +292,18 @@ def leading_vectors(M: np.ndarray, R: int) -> np.ndarray:
     return U / np.maximum(np.linalg.norm(U, axis=0), np.finfo(float).tiny)
 
 
-def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6) -> list[np.ndarray]:
-    """CP-ALS on T (numpy), SVD-initialised; returns factors (P_k, R), weights folded in.
+def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
+             init: Sequence[np.ndarray] | None = None, deadline: float | None = None) -> list[np.ndarray]:
+    """CP-ALS on T (numpy), SVD-initialised (or from ``init``, factors (P_k, R)); returns factors (P_k, R),
+    weights folded in.
 
     Stops after ``n_iter`` sweeps or when the relative error changes by less than ``tol``
     (:func:`sekron.linalg.cp_als.cp_als`, with the dimension-tree MTTKRP of :func:`_tree_mttkrp`).
+    With ``deadline`` (a ``time.perf_counter()`` value) it also stops after the sweep that passes it.
     """
     rng = np.random.default_rng(0)
-    facs = []
-    for k in range(T.ndim):
+    facs = [np.array(f, dtype=float) for f in init] if init is not None else []
+    for k in range(T.ndim if init is None else 0):
         U = leading_vectors(np.moveaxis(T, k, 0).reshape(T.shape[k], -1), R)
         P = U.shape[0]
         if U.shape[1] < R:
@@ -308,7 +311,7 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6) -> list[np.n
         facs.append(U)
     mttkrp, order = _tree_mttkrp(T)
     with using("numpy"):
-        return cp_als(mttkrp, facs, float(np.sum(T * T)), n_iter, tol, order)
+        return cp_als(mttkrp, facs, float(np.sum(T * T)), n_iter, tol, order, deadline=deadline)
 
 
 def _tree_mttkrp(T: np.ndarray) -> tuple[MTTKRP, list[int]]:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cli import check_output
 from .compress import ALLOCATIONS, METHODS, OBJECTIVES, compress
 
 
@@ -44,13 +45,19 @@ def _factory(spec: str) -> Callable[[], nn.Module]:
         raise ValueError(f"--arch must look like 'package.module:factory' or 'file.py:factory', got {spec!r}")
     where, name = spec.rsplit(":", 1)
     if where.endswith(".py"):
+        if not Path(where).is_file():
+            raise ValueError(f"--arch {spec!r}: the file {where!r} does not exist")
         loader = importlib.util.spec_from_file_location(Path(where).stem, where)
         if loader is None or loader.loader is None:
             raise ValueError(f"--arch: cannot import {where!r}")
         module = importlib.util.module_from_spec(loader)
         loader.loader.exec_module(module)
     else:
-        module = importlib.import_module(where)
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ValueError(f"--arch {spec!r}: cannot import the module {where!r} ({exc}); give an importable "
+                             "module (check PYTHONPATH) or a path ending in .py") from None
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ValueError(f"--arch: {where!r} has no callable {name!r}")
@@ -72,7 +79,21 @@ def load_model(path: str, arch: str | None = None, allow_pickle: bool = False) -
                          "Python model's state_dict and pass --arch module:factory")
     if arch is not None:
         model = _factory(arch)()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for unreadable files
+            raise ValueError(
+                f"{path}: not a state dict that loads with weights_only=True (torch.load raised "
+                f"{type(exc).__name__}); "
+                "sekron never unpickles arbitrary objects from a state-dict file: save the model with "
+                "torch.save(model.state_dict(), path)") from None
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: the state dict does not fit the model that --arch {arch!r} builds: "
+                             f"{str(exc).strip()[:500]}") from None
         return model
     if not allow_pickle:
         raise ValueError(f"{path}: pass --arch module:factory to load a state dict, or --allow-pickle to unpickle a "
@@ -173,6 +194,12 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
               "e.g. 1,3,224,224)", file=sys.stderr)
         return 2
     try:
+        # every output path is checked before the (slow) compression, so nothing fails after a partial write
+        check_output(args.output)
+        if args.report:
+            check_output(args.report, "--report")
+        if args.onnx:
+            check_output(args.onnx, "--onnx")
         model = load_model(args.model, args.arch, args.allow_pickle)
         shape = None if args.input_shape is None else tuple(int(s) for s in args.input_shape.split(","))
         calibration = None if args.calibration is None else load_calibration(args.calibration)
@@ -181,7 +208,7 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
                                  input_shape=shape, inplace=True, progress=not args.quiet, n_jobs=args.jobs,
                                  cache_dir=args.cache_dir, calibration=calibration, objective=args.objective,
                                  allocation=args.allocation, max_samples=args.max_samples)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"sekron compress: error: {exc}", file=sys.stderr)
         return 2
     torch.save(small.state_dict(), args.output)

@@ -258,7 +258,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     implementation : {"auto", "factorized", "dense"}
         Forward plan of the new layers.
     progress : bool
-        Show a tqdm progress bar over the layers (with an ETA).
+        Show a tqdm progress bar over the layers (with an ETA); none when tqdm is not installed.
     n_jobs : int
         Worker processes for the per-layer search (one BLAS thread each): -1 all cores,
         1 none (this process). The result is the same whatever the value.
@@ -322,6 +322,12 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         raise ValueError(f"ratio {ratio} is impossible: the {total - dense:,} parameters that stay dense already "
                          f"exceed the target of {target:,.0f} (model has {total:,}); lower the ratio or compress "
                          "more layers")
+    for layer in chosen:  # before any work: a NaN would otherwise surface as a raw LinAlgError deep in an SVD
+        with torch.no_grad():
+            finite = bool(torch.isfinite(layer.module.weight).all())
+        if not finite:
+            raise ValueError(f"layer {layer.name!r} has NaN or Inf in its weight; clean the model first "
+                             "(e.g. retrain, or torch.nan_to_num_ on that weight), or exclude the layer")
     store = _cache_of(cache, cache_dir)
     tasks, hashes = [], []
     for layer in chosen:

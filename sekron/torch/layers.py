@@ -153,6 +153,19 @@ class _SeKronBase(nn.Module):
         self.order = None if state["order"] is None else tuple(int(k) for k in state["order"])
 
 
+def _check_bias(bias: Any, sk: SeKronTensor, n_out: int) -> None:
+    """A bias must be a tensor of shape (out,) and of the factors' dtype (no silent promotion)."""
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor of shape ({n_out},) or None, got {type(bias).__name__}")
+    if tuple(bias.shape) != (n_out,):
+        raise ValueError(f"bias must have shape ({n_out},) (one entry per output), got {tuple(bias.shape)}")
+    if bias.dtype != sk.dtype:
+        raise TypeError(f"bias has dtype {bias.dtype} but the weight's factors have {sk.dtype}; the output would be "
+                        f"silently promoted: cast one of them, e.g. bias.to({sk.dtype})")
+
+
 def _ntuple(value: Any, D: int, name: str) -> tuple[int, ...]:
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         if len(value) != D:
@@ -179,6 +192,7 @@ class _SeKronConvNd(_SeKronBase):
         self.stride, self.dilation = _ntuple(stride, D, "stride"), _ntuple(dilation, D, "dilation")
         self.padding = padding if isinstance(padding, str) else _ntuple(padding, D, "padding")
         self.groups, self.padding_mode = int(groups), padding_mode
+        _check_bias(bias, sk, self.out_channels)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         like = sk.factors[0]
         # a weightless twin holding torch's own padding and grouping rules, for the grouped path and to_conv
@@ -192,6 +206,12 @@ class _SeKronConvNd(_SeKronBase):
                                                     self.padding, self.dilation, padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve ``x`` of shape ``(B, C, *spatial)``, or unbatched ``(C, *spatial)`` as ``nn.Conv{D}d`` allows."""
+        if x.dim() == self._D + 1:  # unbatched (C, *spatial), as torch.nn.Conv{D}d accepts
+            return self._forward(x.unsqueeze(0)).squeeze(0)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         _refuse_onnx_export(self)
         sk = self.sekron_weight()
         if self.groups > 1:  # one SeKron over the grouped weight (F, C / groups, K..): reconstruct, then conv
@@ -344,6 +364,7 @@ class SeKronLinear(_SeKronBase):
             raise ValueError(f"SeKronLinear needs a weight of shape (out_features, in_features), got {sk.shape}")
         self._init_factors(sk)
         self.out_features, self.in_features = sk.shape
+        _check_bias(bias, sk, self.out_features)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self._pointwise = _as_pointwise(sk.structure)
         self.implementation, self.order = _plan(self._kernel(), implementation, order, (batch, sk.shape[1], 1),
