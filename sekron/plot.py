@@ -102,12 +102,7 @@ def draw(structure_or_sk: Structure | SeKronTensor, path: str | Path | None = No
     ax_graph, ax_grid = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(st.n_factors, 2), max(st.order, 2)]})
     _bond_graph(ax_graph, st, rank)
     _grid(ax_grid, st)
-    fig.tight_layout()
-    if path is None:
-        return fig
-    out = Path(path)
-    fig.savefig(out, dpi=dpi, format="png")
-    return out
+    return _finish(fig, path, dpi)
 
 
 def spectrum_data(tensor: Any, structure: Structure, ranks: Any = None) -> dict[str, list[Any]]:
@@ -189,6 +184,11 @@ def spectrum(tensor: Any, structure: Structure, path: str | Path | None = None, 
     ax.set_ylabel("relative error ||W - W_r|| / ||W||")
     ax.set_title(f"pattern {structure.pattern!r}, grid {structure.factor_shapes} (labels: parameters)", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
+    return _finish(fig, path, dpi)
+
+
+def _finish(fig: Any, path: str | Path | None, dpi: int) -> Any:
+    """Lay out ``fig``; return it, or save it as PNG at ``path`` and return the path."""
     fig.tight_layout()
     if path is None:
         return fig

@@ -32,6 +32,7 @@ import tensorly as tl
 from .._backend import dispatch, using
 from ..linalg.contract import LabelAllocator, contract
 from ..sekron_tensor import SeKronTensor
+from ..structure import Structure
 from ._common import (
     backend_dtype,
     cast_all,
@@ -46,6 +47,15 @@ from ._common import (
 )
 
 __all__ = ["add", "allclose", "astype", "conj", "hadamard", "inner", "negative", "norm", "scale", "subtract"]
+
+
+def _operands(a: Any, b: Any, what: str) -> tuple[Structure, list[Any], list[Any]]:
+    """Check two SeKron operands of ``what`` and return their structure and promoted factors."""
+    check_sk(a, "a")
+    check_sk(b, "b")
+    check_same_structure(a, b, what)
+    fa, fb = _promote(a, b)
+    return a.structure, fa, fb
 
 
 def _promote(a: SeKronTensor, b: SeKronTensor) -> tuple[list[Any], list[Any]]:
@@ -81,11 +91,7 @@ def add(a: SeKronTensor, b: SeKronTensor) -> SeKronTensor:
     >>> bool(np.allclose(s.to_tensor(), a.to_tensor() + b.to_tensor()))
     True
     """
-    check_sk(a, "a")
-    check_sk(b, "b")
-    check_same_structure(a, b, "a + b")
-    st = a.structure
-    fa, fb = _promote(a, b)
+    st, fa, fb = _operands(a, b, "a + b")
     if st.n_factors == 1:
         return SeKronTensor([fa[0] + fb[0]], st)
     if not connected(st.labels):
@@ -248,11 +254,7 @@ def inner(a: SeKronTensor, b: SeKronTensor) -> Any:
     >>> bool(np.isclose(inner(a, b), np.vdot(a.to_tensor(), b.to_tensor())))
     True
     """
-    check_sk(a, "a")
-    check_sk(b, "b")
-    check_same_structure(a, b, "inner(a, b)")
-    st = a.structure
-    fa, fb = _promote(a, b)
+    st, fa, fb = _operands(a, b, "inner(a, b)")
     bonds = st.bond_labels
     fresh = LabelAllocator(st.labels)
     la = {c: fresh.new() for c in bonds}
