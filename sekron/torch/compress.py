@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .._parallel import run_tasks
+from .._progress import progress as show_progress
 from ..structure_search import Candidate, candidate_macs
 from ..structure_search._cache import SearchCache, default_cache, weight_hash
 from ..structure_search._layer import FINE_LADDER, LADDER, METHODS, family_from_plain, layer_task, task_arguments  # noqa: F401
@@ -344,8 +345,6 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
             store.hits, store.misses = store.hits + h, store.misses + m
         hits, misses = hits + h, misses + m
         frontiers.append(Frontier.from_families([family_from_plain(p) for p in plain], task[0].size))
-    from tqdm.auto import tqdm
-
     def build(layer: _Layer, cand: Candidate) -> nn.Module:
         kind = LAYERS[type(layer.module)]
         make = kind.from_linear if kind.__name__ == "SeKronLinear" else kind.from_conv  # type: ignore[attr-defined]
@@ -359,7 +358,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         by_name = {layer.name: layer for layer in chosen}
         alloc_frontiers = sensitivity_frontiers(
             model, [layer.name for layer in chosen], frontiers, lambda n, c: build(by_name[n], c), batches,
-            progress=lambda it: tqdm(it, desc="sekron sensitivity", disable=not progress, leave=False),
+            progress=lambda it: show_progress(it, desc="sekron sensitivity", enabled=progress),
             fit_steps=int(sensitivity_steps) if objective == "output" else 0, solver=solver,
             max_samples=max_samples, seed=int(seed))
     picks = (uniform if allocation == "uniform" else allocate)(alloc_frontiers, room)
@@ -394,7 +393,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         dense_mods = [reference.get_submodule(layer.name) for layer, _, _ in built]
         order = execution_order(reference, dense_mods, batches[0])
         started = False
-        for j in tqdm(order, desc="sekron output fit", disable=not progress, leave=False):
+        for j in show_progress(order, desc="sekron output fit", enabled=progress):
             layer, new, row = built[j]
             compressed = row["status"] == "compressed"
             started = started or compressed
