@@ -249,7 +249,7 @@ def test_pickled_copy_loads_without_sekron(tmp_path: Path, monkeypatch: pytest.M
             "d = torch.load(sys.argv[1], weights_only=False)\n"
             "assert all(type(m).__module__.startswith('torch.nn.') for m in d['model'].modules())\n"
             "with torch.no_grad():\n"
-            "    assert torch.equal(d['model'](d['x']), d['y'])\n"
+            "    assert torch.allclose(d['model'](d['x']), d['y'], rtol=1e-5, atol=1e-6)  # thread counts may differ\n"
             "print('ok')\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "plain.pt")], cwd=tmp_path, env=env,
