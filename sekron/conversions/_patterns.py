@@ -317,7 +317,7 @@ def round_(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> SeKr
     bind (re-orthogonalising a level mixes the branches' remainders, whose ranks then add
     up); a warning then reports the error (unless summands were merged: the merged tensor,
     exact and no larger, is returned instead), and with neither ``rank`` nor ``tol`` a nested
-    tensor is returned unchanged. Whenever rounding would not reduce the number of
+    tensor is returned unchanged (its coinciding summands merged). Whenever rounding would not reduce the number of
     parameters, the input itself (exact) is returned. On the output of ``decompose`` the levels are already
     orthogonal, nothing mixes and the guarantee holds.
 
