@@ -12,6 +12,10 @@
   products, so the guarantee holds whenever a rank is accepted. Without a fitting rank
   the merged (exact) tensor is returned. With ``rank`` alone the ALS fit at that rank is
   returned (quasi-optimal, no guarantee).
+* ``merge_summands`` (used by ``round`` on ring and nested before their sweeps): ``a + b`` stacks
+  the factors block-diagonally on every bond, so the tensor is a sum of direct summands, found
+  from the exact zeros of the factors. Summands whose factors are scalar multiples of another's
+  (to rounding) are merged into it: ``a + a`` is ``2 a`` at the ranks of ``a``, exactly.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ..linalg.svd import svd_full
 from ..linalg.truncation import Budget, smallest_rank
 from ..linalg.tt import choose_rank, constant, exact_rtol
 from ..sekron_tensor import SeKronTensor
+from .arithmetic import _pad
 
 
 def round_tucker(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[Any]:
@@ -205,3 +210,138 @@ def round_cp(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[
         out = cp_als(X, cap)[0]
     Rn = int(out[0].shape[0])
     return [tl.reshape(f, (Rn, *fs)) for f, fs in zip(out, st.factor_shapes)]
+
+
+def _summands(sk: SeKronTensor) -> list[dict[str, list[int]]]:
+    """The direct summands of ``sk``: index sets per bond that no nonzero factor entry couples to the rest.
+
+    ``a + b`` builds block-diagonal factors (every bond a direct sum), so W is the sum of the sub-tensors that
+    keep one block of indices on every bond. Found from the exact zeros: index j of bond c and index l of
+    bond d are joined when some factor carrying both has a nonzero entry there. A block that misses some bond
+    carries no term of W (every term picks one index on every bond, all joined) and is left out.
+    """
+    st = sk.structure
+    parent: dict[tuple[str, int], tuple[str, int]] = {(c, j): (c, j) for c in st.bond_labels
+                                                      for j in range(sk.rank[c])}
+
+    def find(x: tuple[str, int]) -> tuple[str, int]:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    live: set[tuple[str, int]] = set()
+    for f, lab in zip(sk.factors, st.labels):
+        if not lab:
+            continue
+        nz = np.abs(tl.to_numpy(f)).reshape((*tuple(sk.rank[c] for c in lab), -1)).max(axis=-1) > 0
+        for i, c in enumerate(lab):
+            axes = tuple(x for x in range(len(lab)) if x != i)
+            live.update((c, int(j)) for j in np.flatnonzero(nz.any(axis=axes) if axes else nz))
+        for i in range(1, len(lab)):
+            axes = tuple(x for x in range(1, len(lab)) if x != i)
+            pairs = nz.any(axis=axes) if axes else nz
+            for j, m in np.argwhere(pairs):
+                ra, rb = find((lab[0], int(j))), find((lab[i], int(m)))
+                if ra != rb:
+                    parent[ra] = rb
+    groups: dict[tuple[str, int], dict[str, list[int]]] = {}
+    for c in st.bond_labels:
+        for j in range(sk.rank[c]):
+            if (c, j) in live:
+                groups.setdefault(find((c, j)), {}).setdefault(c, []).append(j)
+    return [g for g in groups.values() if all(c in g for c in st.bond_labels)]
+
+
+def _block(f: Any, lab: str, idx: dict[str, list[int]]) -> Any:
+    for i, c in enumerate(lab):
+        f = f[(slice(None),) * i + (idx[c],)]
+    return f
+
+
+def merge_summands(sk: SeKronTensor) -> SeKronTensor:
+    """``sk`` with proportional direct summands merged (``a + a`` -> ``2 a``): exact up to rounding.
+
+    Two summands merge when they have the same bond sizes and every factor of one is a scalar
+    multiple of the other's, to within ``exact_rtol`` of its norm (the rounding noise of ``a + c a``
+    built by ``+``). Summands equal only up to a change of basis on the bonds are not detected;
+    the rounder then keeps their ranks (never larger than the input's).
+
+    Parameters
+    ----------
+    sk : SeKronTensor
+        Any pattern with a connected bond graph (``round`` calls it for ring and nested).
+
+    Returns
+    -------
+    SeKronTensor
+        Equal to ``sk`` up to rounding, in the same structure, with bond sizes at most ``sk``'s
+        (``sk`` itself when it has a single summand).
+
+    Examples
+    --------
+    >>> import numpy as np, sekron
+    >>> a = sekron.random_sekron(sekron.Structure([(2, 3), (3, 2), (2, 2)], "ring"), 2, 0)
+    >>> m = merge_summands(a + a - 0.5 * a)
+    >>> m.rank == a.rank
+    True
+    >>> bool(np.allclose(m.to_tensor(), 1.5 * a.to_tensor()))
+    True
+    """
+    st = sk.structure
+    blocks = _summands(sk)
+    if len(blocks) == 1 and all(len(blocks[0][c]) == sk.rank[c] for c in st.bond_labels):
+        return sk
+    rtol = exact_rtol(sk.factors[0].dtype)
+    parts = [[_block(f, lab, g) for f, lab in zip(sk.factors, st.labels)] for g in blocks]
+    kept: list[list[Any]] = []
+    weights: list[Any] = []
+    for part in parts:
+        for n, base in enumerate(kept):
+            if any(tuple(p.shape) != tuple(q.shape) for p, q in zip(part, base)):
+                continue
+            coef: Any = 1.0
+            for p, q in zip(part, base):
+                pv, qv = tl.to_numpy(p).ravel(), tl.to_numpy(q).ravel()
+                qq = float(np.vdot(qv, qv).real)
+                if qq == 0:
+                    coef = None
+                    break
+                c = np.vdot(qv, pv) / qq
+                if np.linalg.norm(pv - c * qv) > rtol * np.linalg.norm(pv):
+                    coef = None
+                    break
+                coef = coef * c
+            if coef is not None:
+                weights[n] += coef
+                break
+        else:
+            kept.append(part)
+            weights.append(1.0)
+    if len(kept) == len(parts) and len(parts) == 1:
+        return SeKronTensor(parts[0], st)  # only dead indices were dropped
+    live = [(part, w) for part, w in zip(kept, weights) if abs(w) > rtol] or [(kept[0], 0.0)]
+    merged = []
+    for k, lab in enumerate(st.labels):
+        blocks_k = []
+        for part, w in live:
+            f = part[k]
+            if k == 0:
+                w = complex(w)
+                f = f * (w.real if w.imag == 0 else w)
+            blocks_k.append(f)
+        merged.append(_direct_sum(blocks_k, lab))
+    return SeKronTensor(merged, st)
+
+
+def _direct_sum(blocks: list[Any], lab: str) -> Any:
+    """Block-diagonal stacking of ``blocks`` on the bond axes (the first ``len(lab)`` axes)."""
+    out = blocks[0]
+    for b in blocks[1:]:
+        ra = tuple(int(s) for s in out.shape[:len(lab)])
+        rb = tuple(int(s) for s in b.shape[:len(lab)])
+        for i in range(len(lab)):
+            out = _pad(out, i, 0, rb[i])
+            b = _pad(b, i, ra[i], 0)
+        out = out + b
+    return out

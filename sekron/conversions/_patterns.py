@@ -232,9 +232,10 @@ def _gram(sk: SeKronTensor, k: int) -> Any:
     return tl.reshape(G, (n, n))
 
 
-def _round_nested(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> list[Any]:
+def _round_nested(sk: SeKronTensor, caps: dict[str, int], tol: float | None, merged: bool = False) -> list[Any]:
     """Re-run the recursive truncation on the factors: level k sees every branch's remainder
-    through old-bond coefficients Z and the Gram matrix of the old sub-networks."""
+    through old-bond coefficients Z and the Gram matrix of the old sub-networks. ``merged``: ``sk`` is the
+    input with coinciding summands merged; when the truncation would miss ``tol``, it is returned as is."""
     st = sk.structure
     S, P, bonds = st.n_factors, st.factor_sizes, st.bond_labels
     norm = float(tl.to_numpy(sk.norm()))
@@ -261,6 +262,8 @@ def _round_nested(sk: SeKronTensor, caps: dict[str, int], tol: float | None) -> 
     last = tl.matmul(Z, tl.reshape(sk.factors[-1], (int(Z.shape[1]), P[-1])))
     factors.append(tl.reshape(last, new_ranks + st.factor_shapes[-1]))
     if tol is not None and budget.spent > (tol * norm) ** 2 * (1 + 1e-9):
+        if merged:
+            return list(sk.factors)  # the merged summands are exact and no larger than the input: keep them
         warnings.warn(f"round kept the ranks at most {sk.rank} (they never grow), which left a relative error of "
                       f"{math.sqrt(budget.spent) / norm:.3g} above tol={tol}", UserWarning, stacklevel=4)
     return factors
@@ -303,10 +306,18 @@ def round_(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> SeKr
       singular values come from a Gram eigendecomposition, accurate to about
       ``sqrt(eps) ||W||``.
 
+    For ``ring`` and ``nested``, direct summands that coincide up to a scalar (``a + a``,
+    ``a - 0.5 a``, the ``a`` in ``a + b + a``, all built by ``+`` as block-diagonal factors)
+    are merged first, exactly (:func:`sekron.algebra.rounding.merge_summands`): a ring's
+    local SVDs cannot see that two blocks add up to one, so without this ``round(a + a)``
+    would keep the doubled ranks. Summands equal only up to a change of basis on the
+    bonds are not detected.
+
     Ranks never grow: every cap is at most the current bond size. For nested that cap can
     bind (re-orthogonalising a level mixes the branches' remainders, whose ranks then add
-    up); a warning then reports the error, and with neither ``rank`` nor ``tol`` a nested
-    tensor is returned unchanged. Whenever rounding would not reduce the number of
+    up); a warning then reports the error (unless summands were merged: the merged tensor,
+    exact and no larger, is returned instead), and with neither ``rank`` nor ``tol`` a nested
+    tensor is returned unchanged (its coinciding summands merged). Whenever rounding would not reduce the number of
     parameters, the input itself (exact) is returned. On the output of ``decompose`` the levels are already
     orthogonal, nothing mixes and the guarantee holds.
 
@@ -328,14 +339,22 @@ def round_(sk: SeKronTensor, rank: Any = None, tol: float | None = None) -> SeKr
     if st.pattern not in _ROUNDERS or st.n_factors < 2:
         raise ValueError(f"round supports the patterns {sorted(_ROUNDERS)} with S >= 2, got {st.pattern!r} with "
                          f"S = {st.n_factors}; convert to one of them first (sekron.conversions.convert)")
+    src = sk
+    if st.pattern == "ring" or (st.pattern == "nested" and st.n_factors > 2):
+        from ..algebra.rounding import merge_summands
+
+        sk = merge_summands(sk)  # a + a -> 2 a, exactly: local SVDs cannot see that two summands coincide
     caps = _caps(sk, rank)
     if st.pattern == "nested" and st.n_factors > 2 and rank is None and tol is None:
-        return sk  # nothing to truncate; a re-orthogonalised nested form could need larger ranks
+        return sk if sk.n_params < src.n_params else src  # a re-orthogonalised nested form could need larger ranks
     scaled, log_scale = _scaled(sk)  # tiny or huge factors: round at unit scale (no Gram entry underflows)
     if st.n_factors == 2 and st.pattern in ("nested", "chain", "tucker", "cp"):  # one bond: the SVD is optimal
         out = SeKronTensor(_unscale(_round_chain(scaled, caps, tol), log_scale), st)
+    elif st.pattern == "nested":
+        out = SeKronTensor(_unscale(_round_nested(scaled, caps, tol, sk is not src), log_scale), st)
     else:
         out = SeKronTensor(_unscale(_ROUNDERS[str(st.pattern)](scaled, caps, tol), log_scale), st)
     if out.n_params >= sk.n_params:
+        sk = sk if sk.n_params < src.n_params else src
         return sk  # no saving (ranks never grow, so they are all unchanged): the input itself is exact
     return out
