@@ -421,9 +421,7 @@ def random_sekron(structure: Structure | Sequence[Sequence[int]], rank: Any, ran
         raise TypeError(f"random_sekron got unknown keyword arguments {unknown}; valid: backend, random_state, "
                         "and the array context dtype, device, requires_grad")
     sizes = st._bond_sizes(rank)
-    n = sum(math.prod([sizes[c] for c in labels]) * math.prod(fshape)
-            for labels, fshape in zip(st.labels, st.factor_shapes))
-    check_size(n, f"the factors at rank {rank!r}", "lower the rank")
+    check_size(st.n_params(sizes), f"the factors at rank {rank!r}", "lower the rank")
     rng = np.random.default_rng(random_state)
     complex_ = "complex" in str(context.get("dtype", ""))
     name = backend or tl.get_backend()

@@ -30,6 +30,7 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import dispatch, using
+from .._validation import check_size
 from ..linalg.contract import LabelAllocator, contract
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure
@@ -176,6 +177,8 @@ def hadamard(a: SeKronTensor, b: SeKronTensor) -> SeKronTensor:
     st = a.structure
     fa, fb = _promote(a, b)
     ra, rb = a.rank, b.rank
+    check_size(st.n_params({c: ra[c] * rb[c] for c in ra}), "the factors of the element-wise product a * b",
+               "round the operands first (sekron.round)")
     out = []
     for A, B, lab, fshape in zip(fa, fb, st.labels, st.factor_shapes):
         sa = tuple(x for c in lab for x in (ra[c], 1)) + fshape

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
+from .._validation import check_size
 from ..linalg.contract import LabelAllocator, contract
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure
@@ -193,6 +194,8 @@ def getitem(sk: SeKronTensor, key: Any) -> Any:
         else:
             if k == slice(None):
                 continue
+            check_size(len(range(*k.indices(d))) * len(column), f"the digit lists of slice {k} on mode {n}",
+                       "use a slice that follows the digits, or sk.entries")
             sel = np.arange(*k.indices(d), dtype=np.int64)
             if len(sel) == 0:
                 raise IndexError(f"slice {k} selects nothing from mode {n} of size {d}; a SeKronTensor cannot "

@@ -133,8 +133,9 @@ class SearchCache:
 
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and len(self._weights) > 1:
-            _, group = self._weights.popitem(last=False)
+            whash, group = self._weights.popitem(last=False)
             self._bytes -= sum(_nbytes(e) for e in group.values())
+            self._loaded.discard(whash)  # read its disk copy again when it is next asked for
 
     def clear(self) -> None:
         """Forget the in-memory entries (the disk copy stays) and reset the counters."""

@@ -57,7 +57,7 @@ from .._validation import check_array, check_choice
 from ..decomposition import decompose
 from ..decomposition._decompose import _power_of_two_scale
 from ..sekron_tensor import SeKronTensor
-from ..structure import Structure, structures
+from ..structure import Structure, _divisors, structures
 from . import _baselines as bl
 from . import _scoring as sc
 from ._cache import memo
@@ -207,10 +207,6 @@ def _two_factor_grids(W: np.ndarray, budget: float, top: float, pattern: str) ->
 
 def _middle_divisor(d: int) -> int:
     return min(_divisors(d), key=lambda a: abs(math.log(a) - 0.5 * math.log(d)))
-
-
-def _divisors(d: int) -> list[int]:
-    return [a for a in range(1, d + 1) if d % a == 0]
 
 
 def _coordinate_descent(W: np.ndarray, budget: float, top: float, pattern: str) -> list[sc.Family]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._allocate import Frontier
-from .calibrate import _first_tensor, fit_layer, stream_grams
+from .calibrate import _first_tensor, execution_order, fit_layer, stream_grams
 
 #: per-layer compression ratios at which each layer's damage is measured
 RATIOS = tuple(float(r) for r in np.geomspace(1.25, 128.0, 13))
@@ -73,11 +73,12 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
     work = copy.deepcopy(model).eval()
     ref = _outputs(work, batches)
     norm = sum(float((r.double() ** 2).sum()) for r in ref) or 1.0
+    runs = set(execution_order(work, [work.get_submodule(n) for n in names], batches[0]))
     out = []
-    for name, f in progress(list(zip(names, frontiers))):
+    for j, (name, f) in enumerate(progress(list(zip(names, frontiers)))):
         dense = work.get_submodule(name)
         grams = None
-        if fit_steps > 0:
+        if fit_steps > 0 and j in runs:  # a layer that never runs in eval mode has no inputs to fit to
             grams = stream_grams(work, dense, work, dense, batches, max_samples, torch.Generator().manual_seed(seed))
         pts = []
         for i in _ladder(f, ratios):

@@ -111,7 +111,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
 
 
 def execution_order(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tensor) -> list[int]:
-    """Indices into ``modules`` sorted by when each first runs in ``model(x)`` (unseen ones last)."""
+    """Indices into ``modules`` sorted by when each first runs in ``model(x)``; modules that never run are left out."""
     seen: dict[int, int] = {}
     index = {id(m): i for i, m in enumerate(modules)}
 
@@ -125,7 +125,7 @@ def execution_order(model: nn.Module, modules: Sequence[nn.Module], x: torch.Ten
     finally:
         for h in handles:
             h.remove()
-    return sorted(range(len(modules)), key=lambda i: seen.get(i, len(modules) + i))
+    return sorted(seen, key=seen.__getitem__)
 
 
 def _capture(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:

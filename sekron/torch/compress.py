@@ -385,28 +385,11 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     if reference is not None:
         assert batches is not None
         model.eval()
-        gen = torch.Generator().manual_seed(int(seed))
-        if refit_dense:
-            refit = ("kept dense (allocation)", "skipped: first layer (skip_first)", "skipped: weight smaller than")
-            built += [(layer, layer.module, row) for layer, row in zip(layers, rows)
-                      if row["status"].startswith(refit)]
-        dense_mods = [reference.get_submodule(layer.name) for layer, _, _ in built]
-        order = execution_order(reference, dense_mods, batches[0])
-        started = False
-        for j in show_progress(order, desc="sekron output fit", enabled=progress):
-            layer, new, row = built[j]
-            compressed = row["status"] == "compressed"
-            started = started or compressed
-            if not started:  # a dense layer before any compressed one already matches
-                continue
-            grams = stream_grams(reference, dense_mods[j], model, new, batches, max_samples, gen)
-            fit = fit_layer(new, grams, solver=solver, steps=int(fit_steps)) if compressed else \
-                refit_dense_layer(new, grams)
-            row["output_error_weight_fit"] = math.sqrt(fit.before)
-            row["output_error"] = math.sqrt(fit.after)
-            row["fit_samples"] = grams.count
-            del grams
-        model.train(was_training)
+        try:
+            _fit_outputs(model, reference, layers, rows, built, batches, refit_dense=refit_dense, seed=int(seed),
+                         max_samples=max_samples, solver=solver, fit_steps=int(fit_steps), progress=progress)
+        finally:
+            model.train(was_training)
     after = sum(int(p.numel()) for p in model.parameters())
     macs = [r["macs_before"] for r in rows]
     totals = {"params_before": total, "params_after": after, "ratio": total / after, "target_ratio": ratio,
@@ -418,3 +401,33 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
               "calibration_seconds": None if batches is None else time.perf_counter() - t0,
               "calibration_inputs": None if batches is None else sum(int(b.shape[0]) for b in batches)}
     return model, CompressionReport(rows, totals)
+
+
+def _fit_outputs(model: nn.Module, reference: nn.Module, layers: list[_Layer], rows: list[dict[str, Any]],
+                 built: list[tuple[_Layer, nn.Module, dict[str, Any]]], batches: list[torch.Tensor], *,
+                 refit_dense: bool, seed: int, max_samples: int, solver: str, fit_steps: int, progress: bool) -> None:
+    """Fit each built layer (in execution order) to the dense model's outputs; record the errors in its row.
+
+    Dense layers after the first compressed one are refitted in closed form when ``refit_dense``; a layer
+    that never runs in eval mode keeps its weight fit (it has no inputs to fit to).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if refit_dense:
+        refit = ("kept dense (allocation)", "skipped: first layer (skip_first)", "skipped: weight smaller than")
+        built = built + [(layer, layer.module, row) for layer, row in zip(layers, rows)
+                         if row["status"].startswith(refit)]
+    dense_mods = [reference.get_submodule(layer.name) for layer, _, _ in built]
+    order = execution_order(reference, dense_mods, batches[0])
+    started = False
+    for j in show_progress(order, desc="sekron output fit", enabled=progress):
+        _, new, row = built[j]
+        compressed = row["status"] == "compressed"
+        started = started or compressed
+        if not started:  # a dense layer before any compressed one already matches
+            continue
+        grams = stream_grams(reference, dense_mods[j], model, new, batches, max_samples, gen)
+        fit = fit_layer(new, grams, solver=solver, steps=fit_steps) if compressed else refit_dense_layer(new, grams)
+        row["output_error_weight_fit"] = math.sqrt(fit.before)
+        row["output_error"] = math.sqrt(fit.after)
+        row["fit_samples"] = grams.count
+        del grams

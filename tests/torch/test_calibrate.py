@@ -279,3 +279,30 @@ def test_ridge_keeps_unseen_directions() -> None:
         with torch.no_grad():
             errs[ridge] = _rel(layer(unseen), dense(unseen))
     assert errs[1e-2] < errs[0.0]
+
+
+class _WithAuxHead(nn.Module):
+    """A trunk plus an auxiliary head that only runs in training mode (like inception's aux logits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = _net()
+        self.aux = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.trunk(x)
+        return y + self.aux(x).mean() if self.training else y
+
+
+def test_a_layer_that_never_runs_in_eval_keeps_its_weight_fit(data: torch.Tensor) -> None:
+    model = _WithAuxHead()
+    training = copy.deepcopy(model).train()
+    small, report = compress(training, 3, calibration=data, input_shape=(1, 3, 8, 8), fit_steps=3,
+                             min_kernel_size=100, progress=False)
+    assert small.training  # the caller's mode comes back
+    rows = {r["name"]: r for r in report}
+    aux = [r for name, r in rows.items() if name.startswith("aux") and r["status"] == "compressed"]
+    assert aux, "the auxiliary head should be compressed by its weight fit"
+    assert all(r.get("output_error") is None for r in aux)  # never fitted: it has no eval-mode inputs
+    fitted = [r for name, r in rows.items() if name.startswith("trunk") and r["status"] == "compressed"]
+    assert fitted and all(r.get("output_error") is not None for r in fitted)
