@@ -358,7 +358,10 @@ def decompose_dask(x: Any, structure: Structure | Sequence[Sequence[int]], rank:
 
     Same arguments and result as :func:`sekron.decompose` (numpy factors), for the
     patterns in :data:`STREAMED`; ``svd`` is "auto", "gram" or "full". The first cut reads
-    x twice (Gram or TSQR, then the projection) under the active dask scheduler.
+    x twice (Gram or TSQR, then the projection) under the active dask scheduler, after one
+    cheap pass for ``max |x|`` that gives the in-memory input hardening (NaN/Inf refused,
+    the zero tensor at rank 1, tiny or huge entries scaled by a power of two, half precision
+    computed in float32).
     """
     import dask
     import dask.array as da
