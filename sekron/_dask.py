@@ -44,7 +44,15 @@ from typing import Any
 import numpy as np
 
 from ._backend import using
-from ._validation import check_float_dtype, check_tol
+from ._validation import check_float_dtype, check_tol, max_abs
+from .decomposition._decompose import (
+    _cast_factors,
+    _check_options,
+    _check_reachable_tol,
+    _is_half,
+    _power_of_two_scale,
+    _zero_sekron,
+)
 from .decomposition._svd_based import Context
 from .linalg.svd import _eps, choose_svd, svd_gram
 from .linalg.truncation import Budget, choose_ranks
@@ -350,7 +358,10 @@ def decompose_dask(x: Any, structure: Structure | Sequence[Sequence[int]], rank:
 
     Same arguments and result as :func:`sekron.decompose` (numpy factors), for the
     patterns in :data:`STREAMED`; ``svd`` is "auto", "gram" or "full". The first cut reads
-    x twice (Gram or TSQR, then the projection) under the active dask scheduler.
+    x twice (Gram or TSQR, then the projection) under the active dask scheduler, after one
+    cheap pass for ``max |x|`` that gives the in-memory input hardening (NaN/Inf refused,
+    the zero tensor at rank 1, tiny or huge entries scaled by a power of two, half precision
+    computed in float32).
     """
     import dask
     import dask.array as da
@@ -361,17 +372,34 @@ def decompose_dask(x: Any, structure: Structure | Sequence[Sequence[int]], rank:
     if not isinstance(x, da.Array):
         raise TypeError(f"a dask tensor must be a dask.array.Array, got {type(x).__name__}; use dask.array")
     st = _as_structure(structure)
-    _check_inputs(x, st, svd, options)
     tol = check_tol(tol)
+    _check_options(options, random_state, svd)  # the in-memory checks and messages first
+    _check_inputs(x, st, svd, options)
     if not isinstance(return_error, bool):
         raise TypeError(f"return_error must be a bool, got {return_error!r}")
     caps = st.parse_rank(rank)
+    tol = _check_reachable_tol(tol, x.dtype, svd)
     if st.n_factors == 1:  # the one factor is the whole tensor
         from .decomposition import decompose
 
-        return decompose(np.asarray(x.compute()), st, rank, tol=tol, svd=svd, return_error=return_error)
+        return decompose(np.asarray(x.compute()), st, rank, tol=tol, svd=svd, random_state=random_state,
+                         return_error=return_error)
 
-    dtype = np.dtype(x.dtype)
+    # the in-memory hardening (sekron.decomposition._decompose), lazily: half precision is computed in
+    # float32, the zero tensor is rank 1, tiny or huge entries are decomposed as x / 2^e
+    half = _is_half(str(x.dtype))
+    work = x.astype("float32") if half else x
+    with using("numpy"):
+        peak = max_abs(np.asarray(da.abs(work).max().compute()), "tensor")  # one cheap pass; NaN/Inf refused
+        if peak == 0:  # exactly rank 1 with zero factors, error 0
+            sk0 = _zero_sekron(np.zeros((), dtype=work.dtype), st, caps)
+            sk0 = _cast_factors(sk0, x) if half else sk0
+            return (sk0, 0.0) if return_error else sk0
+    scale = _power_of_two_scale(peak, str(work.dtype))
+    if scale != 1.0:  # a power of two: exact, and the squares in the Gram neither under- nor overflow
+        work = work / scale
+
+    dtype = np.dtype(work.dtype)
     P1 = st.factor_sizes[0]
     n = math.prod(st.factor_sizes[1:])
     if P1 > n:
@@ -392,7 +420,7 @@ def decompose_dask(x: Any, structure: Structure | Sequence[Sequence[int]], rank:
         method = "qr"  # in memory, the cut's allowance is within 100x of the Gram noise: the full SVD runs
 
     target = max(parse_bytes(dask.config.get("array.chunk-size")) // 2, P1 * dtype.itemsize)
-    layout = _Layout(x, st, target)
+    layout = _Layout(work, st, target)
     mat, sq_norm = _first_pass(layout, method)
     if not math.isfinite(sq_norm):
         raise ValueError("tensor contains NaN or Inf values (or overflows); clean or rescale it first")
@@ -423,7 +451,12 @@ def decompose_dask(x: Any, structure: Structure | Sequence[Sequence[int]], rank:
         warnings.warn(
             f"requested rank above what the structure allows was clipped: {text} (structure {st.factor_shapes}, "
             f"pattern {st.pattern!r})", UserWarning, stacklevel=4)
+    if scale != 1.0:  # each factor an equal share of the scale, as in memory
+        share = scale ** (1.0 / len(factors))
+        factors = [f * share for f in factors]
     sk = SeKronTensor(factors, st)
+    if half:
+        sk = _cast_factors(sk, x)
     if not return_error:
         return sk
     return sk, (math.sqrt(max(budget.spent, 0.0)) / norm if norm > 0 else 0.0)

@@ -186,6 +186,91 @@ def test_errors() -> None:
     np.testing.assert_array_equal(np.asarray(x), W)  # never modified
 
 
+# --- the in-memory input hardening: scaling, half precision, zero, option checks ---------------------
+
+
+def rank_one_plus_noise() -> np.ndarray:
+    """The reviewer's case: a 16 x 16 Kronecker product of two 4 x 4 factors plus 1e-5 noise."""
+    rng = np.random.default_rng(0)
+    return np.kron(rng.standard_normal((4, 4)), rng.standard_normal((4, 4))) + 1e-5 * rng.standard_normal((16, 16))
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e300])
+@pytest.mark.parametrize("case", ["rank1", "nested", "chain"])
+def test_tiny_and_huge_entries_match_in_memory(case: str, scale: float) -> None:
+    """Entries far outside the safe range are decomposed as x / 2^e, as in memory: same ranks and errors."""
+    if case == "rank1":
+        st, W, tol = Structure([(4, 4), (4, 4)]), rank_one_plus_noise(), 1e-3
+    else:  # rank 3 plus 1% noise
+        st, tol = Structure(FS, case), 0.05
+        W = low_rank(st, "float64")
+    Ws = W * scale
+    a, ea = sekron.decompose(Ws, st, tol=tol, return_error=True)
+    b, eb = sekron.decompose(da.from_array(Ws, chunks=4), st, tol=tol, return_error=True)
+    assert a.rank == b.rank
+    assert b.rank == ({"a": 1} if case == "rank1" else dict.fromkeys(st.bond_labels, 3))
+    assert 0 < eb <= tol and abs(ea - eb) <= 1e-6 * ea
+    assert all(np.isfinite(f).all() and (f != 0).any() for f in b.factors)
+    back = dense(b) / scale  # the reconstruction, brought back to W's magnitude
+    np.testing.assert_allclose(back, dense(a) / scale, atol=1e-9 * np.linalg.norm(W) / math.sqrt(W.size))
+    assert abs(np.linalg.norm(back - W) / np.linalg.norm(W) - eb) <= 1e-6 * eb
+
+
+@pytest.mark.parametrize("pattern", ["nested", "chain"])
+def test_float16_like_in_memory(pattern: str) -> None:
+    """float16 is computed in float32 and the factors come back in float16, as in memory."""
+    st = Structure([(4, 4), (4, 4)], pattern)
+    W = rank_one_plus_noise().astype(np.float16)
+    a, ea = sekron.decompose(W, st, tol=1e-2, return_error=True)
+    b, eb = sekron.decompose(da.from_array(W, chunks=4), st, tol=1e-2, return_error=True)
+    assert a.rank == b.rank == {"a": 1}
+    assert all(f.dtype == np.float16 for f in b.factors)
+    assert abs(ea - eb) <= 1e-3 * ea + 1e-6
+    np.testing.assert_allclose(dense(b).astype(np.float64), dense(a).astype(np.float64), rtol=0, atol=2e-2)
+    true = np.linalg.norm(dense(b).astype(np.float64) - W) / np.linalg.norm(W.astype(np.float64))
+    assert true <= 1e-2
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "complex128"])
+def test_zero_tensor_is_rank_one_zero(dtype: str) -> None:
+    st = Structure(FS, "chain")
+    W = np.zeros(st.shape, dtype=dtype)
+    a, ea = sekron.decompose(W, st, tol=1e-2, return_error=True)
+    b, eb = sekron.decompose(da.from_array(W, chunks=4), st, tol=1e-2, return_error=True)
+    assert ea == eb == 0.0
+    assert b.rank == a.rank == dict.fromkeys(st.bond_labels, 1)
+    assert [f.shape for f in b.factors] == [f.shape for f in a.factors]
+    assert all(f.dtype == np.dtype(dtype) and not f.any() for f in b.factors)
+    assert not dense(b).any() and dense(b).shape == st.shape
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"tol": 1e-20},  # below float64 rounding
+    {"random_state": "abc"},
+    {"random_state": -1},
+    {"svd": "nonsense"},
+    {"init": "nonsense"},
+    {"n_iter_max": -1},
+    {"bogus": 1},
+])
+def test_bad_options_raise_like_in_memory(kwargs: dict) -> None:
+    W = np.random.default_rng(0).standard_normal((8, 12, 6))
+    with pytest.raises((TypeError, ValueError)) as mem:
+        sekron.decompose(W, FS, **kwargs)
+    with pytest.raises(type(mem.value)) as lazy:
+        sekron.decompose(da.from_array(W, chunks=4), FS, **kwargs)
+    assert str(lazy.value) == str(mem.value)
+
+
+def test_float32_tol_below_rounding_refused() -> None:
+    W = np.random.default_rng(0).standard_normal((8, 12, 6)).astype(np.float32)
+    with pytest.raises(ValueError, match="below what float32 can represent") as mem:
+        sekron.decompose(W, FS, tol=1e-7)
+    with pytest.raises(ValueError, match="below what float32 can represent") as lazy:
+        sekron.decompose(da.from_array(W, chunks=4), FS, tol=1e-7)
+    assert str(lazy.value) == str(mem.value)
+
+
 # --- schedulers -----------------------------------------------------------------------------------
 
 
