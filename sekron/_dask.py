@@ -54,7 +54,7 @@ from .decomposition._decompose import (
     _zero_sekron,
 )
 from .decomposition._svd_based import Context
-from .linalg.svd import _eps, choose_svd, svd_gram
+from .linalg.svd import PARTIAL_EIGH_FRACTION, _eps, choose_svd, eigh_top, svd_gram
 from .linalg.truncation import Budget, choose_ranks
 from .sekron_tensor import SeKronTensor, _as_structure
 from .structure import Structure
@@ -305,14 +305,10 @@ def _truncate_first(ctx: Context, label: str, method: str, mat: np.ndarray, k: i
         ranks = choose_ranks(s[None], cap, ctx.budget, label)
         return Us, ranks
     allowance = ctx.budget.allowance()
-    if cap is not None and 2 * cap < k and not math.isfinite(allowance):
-        from scipy.linalg import eigh
-
-        trace = float(np.real(np.trace(mat)))
-        lam, V = eigh(mat, subset_by_index=[k - cap, k - 1], check_finite=False)
-        V, lam = V[:, ::-1], lam[::-1]
-        ctx.budget.record(max(trace - float(np.sum(np.maximum(lam, 0))), 0.0))
-        return np.ascontiguousarray(V), np.full(1, cap, dtype=np.int64)
+    if cap is not None and cap < PARTIAL_EIGH_FRACTION * k and not math.isfinite(allowance):
+        V, _, tail = eigh_top(mat, cap)
+        ctx.budget.record(tail)
+        return V, np.full(1, cap, dtype=np.int64)
     lam, V = np.linalg.eigh(mat)
     lam_np = np.maximum(np.real(lam[::-1]).astype(np.float64), 0.0)
     ranks = choose_ranks(np.sqrt(lam_np)[None], cap, ctx.budget, label)

@@ -143,15 +143,31 @@ def gram_top(M: Any, rank: int) -> tuple[Any, Any, bool, float] | None:
     """
     if not isinstance(M, np.ndarray) or int(M.shape[0]) != 1:
         return None
+    G, tall = _gram(M[0])
+    V, lam, tail = eigh_top(G, rank, overwrite=True)
+    return V[None], lam[None], tall, tail
+
+
+def eigh_top(G: np.ndarray, rank: int, *, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """The ``rank`` leading eigenpairs of a Hermitian numpy ``G`` (decreasing) and the discarded energy.
+
+    The discarded energy is ``trace(G) - sum(max(lam, 0))``: for a Gram matrix, the squared error
+    of keeping those ``rank`` directions. ``overwrite`` lets LAPACK use ``G`` as scratch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> V, lam, tail = eigh_top(np.diag([1.0, 4.0, 2.0]), 2)
+    >>> lam.tolist(), tail
+    ([4.0, 2.0], 1.0)
+    """
     from scipy.linalg import eigh
 
-    G, tall = _gram(M[0])
     k = int(G.shape[0])
     trace = float(np.real(np.trace(G)))
-    lam, V = eigh(G, subset_by_index=[k - rank, k - 1], overwrite_a=True, check_finite=False)
+    lam, V = eigh(G, subset_by_index=[k - rank, k - 1], overwrite_a=overwrite, check_finite=False)
     lam, V = np.ascontiguousarray(lam[::-1]), np.ascontiguousarray(V[:, ::-1])
-    tail = max(trace - float(np.sum(np.maximum(lam, 0))), 0.0)
-    return V[None], lam[None], tall, tail
+    return V, lam, max(trace - float(np.sum(np.maximum(lam, 0))), 0.0)
 
 
 def gram_eigvalsh(M: np.ndarray, dtype: Any = None) -> np.ndarray:
