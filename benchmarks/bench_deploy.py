@@ -57,6 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from sekron.sekron_tensor import SeKronTensor
 from sekron.torch import SeKronConv2d, compress, to_standard
+from sekron.torch.calibrate import run_with_hooks
 
 LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
 LAYER_RATIO = 10
@@ -77,14 +78,8 @@ def macs(model: nn.Module, x: torch.Tensor) -> int:
         elif isinstance(mod, nn.Linear):
             total += out.numel() * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))],
+                   hook, x)
     return total
 
 

@@ -118,6 +118,12 @@ def execution_order(model: nn.Module, modules: Sequence[nn.Module], x: torch.Ten
     def hook(mod: nn.Module, args: Any, out: Any) -> None:
         seen.setdefault(index[id(mod)], len(seen))
 
+    run_with_hooks(model, modules, hook, x)
+    return sorted(seen, key=seen.__getitem__)
+
+
+def run_with_hooks(model: nn.Module, modules: Sequence[nn.Module], hook: Any, x: torch.Tensor) -> None:
+    """``model(x)`` without gradients, with the forward hook ``hook`` on each of ``modules`` (removed after)."""
     handles = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
@@ -125,7 +131,6 @@ def execution_order(model: nn.Module, modules: Sequence[nn.Module], x: torch.Ten
     finally:
         for h in handles:
             h.remove()
-    return sorted(seen, key=seen.__getitem__)
 
 
 def _capture(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
