@@ -133,28 +133,6 @@ def run_with_hooks(model: nn.Module, modules: Sequence[nn.Module], hook: Any, x:
             h.remove()
 
 
-def _capture(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input of ``module`` in ``model(x)`` (its first call), stopping the forward pass right there."""
-    got: list[torch.Tensor] = []
-
-    def hook(mod: nn.Module, args: Any) -> None:
-        got.append(args[0].detach())
-        raise _StopForwardError
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            model(x)
-    except _StopForwardError:
-        pass
-    finally:
-        handle.remove()
-    if not got:
-        raise ValueError(f"the layer {module.__class__.__name__} did not run in the model's forward pass on the "
-                         "calibration inputs; exclude it or check the inputs")
-    return got[0]
-
-
 def _conv_params(mod: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...], list[int], str]:
     ks = tuple(int(k) for k in mod.kernel_size)
     D = len(ks)
@@ -266,30 +244,124 @@ def dense_matrix(mod: Any) -> torch.Tensor:
 
 def stream_grams(dense_model: nn.Module, dense_layer: nn.Module, model: nn.Module, layer: nn.Module,
                  batches: Sequence[torch.Tensor], max_samples: int, generator: torch.Generator) -> Grams:
-    """Stream the Gram matrices of one layer: dense inputs from ``dense_model``, actual ones from ``model``."""
-    Wd = dense_matrix(dense_layer)
-    A = G = None
-    yy, count, total = 0.0, 0, None
-    for x in batches:
-        xd = _capture(dense_model, dense_layer, x)
-        xh = _capture(model, layer, x)
-        n = positions(dense_layer, xd)
+    """Stream the Gram matrices of one layer: dense inputs from ``dense_model``, actual ones from ``model``.
+
+    The group of one layer of :func:`stream_group_grams` (each forward pass stops at the layer).
+    """
+    return stream_group_grams(dense_model, [dense_layer], model, [layer], batches, max_samples, generator)[0]
+
+
+def gram_bytes(dense_layer: Any) -> int:
+    """Bytes of the float64 Gram matrices ``A`` and ``G`` that :func:`stream_grams` keeps for ``dense_layer``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> gram_bytes(torch.nn.Conv2d(2, 4, 3))  # n = 2 * 3 * 3 = 18 patch entries, F = 4
+    3496
+    """
+    w = dense_layer.weight
+    n = int(w[0].numel()) + 1
+    return 8 * n * (n + int(w.shape[0]))
+
+
+def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tensor, take: Any) -> None:
+    """Run ``model(x)`` until every one of ``modules`` has been called once; ``take(i, input)`` at each first call.
+
+    Forward pre-hooks see each module's input; the pass stops (a private exception) right
+    before the last of them would run, so nothing after the group is computed.
+    """
+    pending = {id(m): i for i, m in enumerate(modules)}
+
+    def hook(mod: nn.Module, args: Any) -> None:
+        i = pending.pop(id(mod), None)
+        if i is None:  # a later call of a module already captured
+            return
+        take(i, args[0].detach())
+        if not pending:
+            raise _StopForwardError
+
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
+    try:
+        with torch.no_grad():
+            model(x)
+    except _StopForwardError:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if pending:
+        missing = ", ".join(modules[i].__class__.__name__ for i in pending.values())
+        raise ValueError(f"the layer(s) {missing} did not run in the model's forward pass on the calibration "
+                         "inputs; exclude them or check the inputs")
+
+
+def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module], model: nn.Module,
+                       layers: Sequence[nn.Module], batches: Sequence[torch.Tensor], max_samples: int,
+                       generator: torch.Generator) -> list[Grams]:
+    """Stream the Gram matrices of several layers at once, one pair of forward passes per batch.
+
+    ``dense_layers[i]`` (in ``dense_model``) and ``layers[i]`` (in ``model``) are the same
+    layer of the two networks. For every batch, one pass of ``dense_model`` records each
+    dense layer's outputs at the kept positions (``W~ p_d``, float64, computed from the
+    patches as in the one-layer case; the activation itself is dropped at once), then one
+    pass of ``model`` adds each actual patch matrix to that layer's ``A`` and ``G``. Each
+    pass stops right before the last layer of the group would run.
+
+    Memory: the Gram matrices of the group (:func:`gram_bytes` each), plus, for one batch,
+    the dense outputs at the kept positions of every layer of the group and one activation
+    at a time. With one layer this is exactly the sequential streaming (same random
+    positions from ``generator``, same float64 arithmetic in the same order). The inputs
+    seen by ``layers[i]`` come from ``model`` as it is during the call: when the caller
+    fits the group's layers only afterwards, a later layer's input carries the earlier
+    group members' error *before* their fit (see ``compress``'s ``fit_group_bytes``).
+    """
+    if len(dense_layers) != len(layers) or not layers:
+        raise ValueError(f"dense_layers and layers must be non-empty and pair up, got {len(dense_layers)} and "
+                         f"{len(layers)}")
+    k = len(layers)
+    Wd = [dense_matrix(d) for d in dense_layers]
+    A: list[torch.Tensor | None] = [None] * k
+    G: list[torch.Tensor | None] = [None] * k
+    yy, count = [0.0] * k, [0] * k
+    totals: list[int | None] = [None] * k
+    kept: list[tuple[torch.Tensor | None, torch.Tensor] | None] = [None] * k  # per batch: kept positions, yd
+    per_input = [0]  # the current batch's size
+
+    def take_dense(i: int, xd: torch.Tensor) -> None:
+        n = positions(dense_layers[i], xd)
+        total = totals[i]
         if total is None:  # positions over the whole calibration set, from the first batch's per-input count
-            total = sum(n * b.shape[0] // x.shape[0] for b in batches)
+            total = totals[i] = sum(n * b.shape[0] // per_input[0] for b in batches)
         keep = None
         if total > max_samples:
             m = max(1, round(n * max_samples / total))
-            keep = torch.randperm(n, generator=generator)[:m].sort().values.to(x.device)
-        pd = _augment(patches(dense_layer, xd, keep))
-        ph = _augment(patches(dense_layer, xh, keep))
-        del xd, xh
-        yd = pd @ Wd.T
-        A = ph.T @ ph if A is None else A + ph.T @ ph
-        G = yd.T @ ph if G is None else G + yd.T @ ph
-        yy += float((yd ** 2).sum())
-        count += pd.shape[0]
-    assert A is not None and G is not None
-    return Grams(A, G, yy, count, Wd)
+            keep = torch.randperm(n, generator=generator)[:m].sort().values.to(xd.device)
+        pd = _augment(patches(dense_layers[i], xd, keep))
+        kept[i] = (keep, pd @ Wd[i].T)
+
+    def take_actual(i: int, xh: torch.Tensor) -> None:
+        entry = kept[i]
+        assert entry is not None
+        keep, yd = entry
+        kept[i] = None
+        ph = _augment(patches(dense_layers[i], xh, keep))
+        a, g = A[i], G[i]
+        A[i] = ph.T @ ph if a is None else a + ph.T @ ph
+        G[i] = yd.T @ ph if g is None else g + yd.T @ ph
+        yy[i] += float((yd ** 2).sum())
+        count[i] += ph.shape[0]
+
+    for x in batches:
+        per_input[0] = x.shape[0]
+        _capture_group(dense_model, dense_layers, x, take_dense)
+        _capture_group(model, layers, x, take_actual)
+    out = []
+    for i in range(k):
+        a, g = A[i], G[i]
+        assert a is not None and g is not None
+        out.append(Grams(a, g, yy[i], count[i], Wd[i]))
+    return out
 
 
 def _weight_matrix(layer: Any, factors: Sequence[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:

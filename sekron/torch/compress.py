@@ -38,12 +38,19 @@ from ..structure_search._layer import FINE_LADDER, LADDER, METHODS, family_from_
 from ._allocate import Frontier, allocate, uniform
 from ._report import CompressionReport
 from ._sensitivity import sensitivity_frontiers
-from .calibrate import SOLVERS, calibration_batches, execution_order, fit_layer, stream_grams
+from .calibrate import SOLVERS, calibration_batches, execution_order, fit_layer, gram_bytes, stream_group_grams
 from .calibrate import refit_dense as refit_dense_layer
 from .layers import LAYERS, _as_pointwise
 
 ALLOCATIONS = ("error", "uniform", "sensitivity")
 OBJECTIVES = ("weight", "output")
+#: Default cap (bytes) on the float64 Gram matrices streamed together by the output fit
+#: (``compress(fit_group_bytes=...)``). Every forward pass of the calibration runs the
+#: network up to the group's last layer, so the number of groups sets the fit's forward
+#: cost (one layer per group: quadratic in depth, 351 passes per input on Real-ESRGAN);
+#: 64 MiB holds about one residual dense block of Real-ESRGAN (5 convs, 60 MB) or a whole
+#: small CNN, and keeps the Grams well under the 4 GiB a 64-crop calibration may use.
+FIT_GROUP_BYTES = 64 * 2 ** 20
 
 
 @dataclass
@@ -199,7 +206,8 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
              solver: str = "als", fit_steps: int = 15, sensitivity_steps: int = 5, refit_dense: bool = True,
              batch_size: int = 64, seed: int = 0, implementation: str = "auto", inplace: bool = False,
              progress: bool = True, n_jobs: int = -1, client: Any = None, cache: bool | SearchCache = True,
-             cache_dir: str | None = None) -> tuple[nn.Module, CompressionReport]:
+             cache_dir: str | None = None, fit_group_bytes: int = FIT_GROUP_BYTES
+             ) -> tuple[nn.Module, CompressionReport]:
     """Replace conv and linear layers by SeKron layers so that the model has ``ratio`` times fewer parameters.
 
     Parameters
@@ -273,6 +281,16 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         gives. False computes everything afresh.
     cache_dir : str, optional
         Also keep the cache on disk there (``.npz`` + JSON, no pickle), across processes.
+    fit_group_bytes : int
+        With objective "output": consecutive layers (in execution order) whose float64 Gram
+        matrices (``8 (n+1)(n+1+F)`` bytes for ``n`` patch entries and ``F`` outputs) sum to
+        at most this are streamed together, one forward pass per batch for the group, each
+        pass stopped after the group's last layer; then fitted one after the other. Within
+        a group a later layer's input comes from the prefix in which the earlier members
+        still have their weight fit (not yet their output fit), so it does not see their
+        correction; the next group sees all of them fitted. ``0``: one layer per group, the
+        exact sequential fit (each layer sees every earlier layer fitted), at a forward cost
+        quadratic in depth. Default :data:`FIT_GROUP_BYTES` (64 MiB).
 
     Returns
     -------
@@ -304,6 +322,9 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         raise ValueError(f"max_samples must be a positive int (patch positions per layer), got {max_samples!r}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
+    if isinstance(fit_group_bytes, bool) or not isinstance(fit_group_bytes, int) or fit_group_bytes < 0:
+        raise ValueError("fit_group_bytes must be an int >= 0 (bytes of Gram matrices streamed together; 0 = one "
+                         f"layer at a time), got {fit_group_bytes!r}")
     batches = None
     if calibration is not None:
         batches = calibration_batches(calibration, next(model.parameters()), int(batch_size))
@@ -387,7 +408,8 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         model.eval()
         try:
             _fit_outputs(model, reference, layers, rows, built, batches, refit_dense=refit_dense, seed=int(seed),
-                         max_samples=max_samples, solver=solver, fit_steps=int(fit_steps), progress=progress)
+                         max_samples=max_samples, solver=solver, fit_steps=int(fit_steps), progress=progress,
+                         group_bytes=fit_group_bytes)
         finally:
             model.train(was_training)
     after = sum(int(p.numel()) for p in model.parameters())
@@ -405,11 +427,21 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
 
 def _fit_outputs(model: nn.Module, reference: nn.Module, layers: list[_Layer], rows: list[dict[str, Any]],
                  built: list[tuple[_Layer, nn.Module, dict[str, Any]]], batches: list[torch.Tensor], *,
-                 refit_dense: bool, seed: int, max_samples: int, solver: str, fit_steps: int, progress: bool) -> None:
+                 refit_dense: bool, seed: int, max_samples: int, solver: str, fit_steps: int, progress: bool,
+                 group_bytes: int = 0) -> None:
     """Fit each built layer (in execution order) to the dense model's outputs; record the errors in its row.
 
     Dense layers after the first compressed one are refitted in closed form when ``refit_dense``; a layer
     that never runs in eval mode keeps its weight fit (it has no inputs to fit to).
+
+    The layers are taken in consecutive groups (:func:`fit_groups`, Gram bytes at most ``group_bytes``;
+    0 is one layer per group). A group's Grams are streamed together (``stream_group_grams``: per batch,
+    one pass of each network, stopped after the group's last layer), then its layers are fitted in order.
+    Approximation: in a group, layer ``k``'s actual input ``X`` comes from the compressed prefix with the
+    group's earlier layers at their *weight* fit, while the target ``Y`` is the dense output as always;
+    so layer ``k`` corrects the weight-fit error of its group predecessors instead of their (smaller)
+    output-fit error. Layers of the next group see every earlier layer fitted. One layer per group is the
+    exact sequential fit.
     """
     gen = torch.Generator().manual_seed(seed)
     if refit_dense:
@@ -419,15 +451,44 @@ def _fit_outputs(model: nn.Module, reference: nn.Module, layers: list[_Layer], r
     dense_mods = [reference.get_submodule(layer.name) for layer, _, _ in built]
     order = execution_order(reference, dense_mods, batches[0])
     started = False
-    for j in show_progress(order, desc="sekron output fit", enabled=progress):
+    todo = []
+    for j in order:
+        started = started or built[j][2]["status"] == "compressed"
+        if started:  # a dense layer before any compressed one already matches
+            todo.append(j)
+    groups = fit_groups([gram_bytes(dense_mods[j]) for j in todo], group_bytes)
+    first = {todo[group[0]]: [todo[g] for g in group] for group in groups}
+    pending: dict[int, Any] = {}
+    for j in show_progress(todo, desc="sekron output fit", enabled=progress):
+        if j in first:  # the first layer of a group: stream the Grams of the whole group in one pass per batch
+            js = first[j]
+            pending = dict(zip(js, stream_group_grams(reference, [dense_mods[i] for i in js], model,
+                                                      [built[i][1] for i in js], batches, max_samples, gen)))
         _, new, row = built[j]
+        grams = pending.pop(j)
         compressed = row["status"] == "compressed"
-        started = started or compressed
-        if not started:  # a dense layer before any compressed one already matches
-            continue
-        grams = stream_grams(reference, dense_mods[j], model, new, batches, max_samples, gen)
         fit = fit_layer(new, grams, solver=solver, steps=fit_steps) if compressed else refit_dense_layer(new, grams)
         row["output_error_weight_fit"] = math.sqrt(fit.before)
         row["output_error"] = math.sqrt(fit.after)
         row["fit_samples"] = grams.count
         del grams
+
+
+def fit_groups(sizes: Sequence[int], cap: int) -> list[list[int]]:
+    """Consecutive groups of indices into ``sizes`` whose sizes sum to at most ``cap`` (a larger one alone).
+
+    >>> fit_groups([3, 3, 5, 1, 9, 2], 6)
+    [[0, 1], [2, 3], [4], [5]]
+    >>> fit_groups([3, 3], 0)
+    [[0], [1]]
+    """
+    groups: list[list[int]] = []
+    used = 0
+    for i, size in enumerate(sizes):
+        if groups and used + size <= cap:
+            groups[-1].append(i)
+            used += size
+        else:
+            groups.append([i])
+            used = size
+    return groups
