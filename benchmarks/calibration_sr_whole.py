@@ -1,0 +1,171 @@
+"""Real-ESRGAN x4plus: weight fit vs calibrated (output fit) on all convs or on the first RRDB blocks.
+
+Every conv that ``compress`` does not skip by default (``skip_first`` keeps ``conv_first``
+dense) is compressed with ``--whole``; ``--blocks N`` compresses only the convs of the
+first N RRDB blocks (15 each, ``min_kernel_size=0``) at ``--ratios`` on those convs.
+Allocation by weight error with the output objective (``allocation="sensitivity"`` needs
+one forward pass of the network per candidate and layer: about 350 layers x 12 ratios
+here, out of reach on 2 shared cores). Calibration: ``--crops`` random ``--lr-crop``
+low-resolution crops of the ``--calib`` photos (downscaled 4x by area); evaluation: PSNR
+of the x4 output against the uncompressed model's on centre crops of the other photos
+``--eval`` (disjoint). Each calibrated run is repeated for every ``--group-bytes`` value
+(``compress(fit_group_bytes=...)``; 0 is the exact sequential fit) and reports the wall
+time of the calibrated compress, the part of it spent streaming Gram matrices (forward
+passes) and the peak resident memory (``VmHWM``, reset before each run). The per-layer
+search goes through ``compress(cache_dir=--cache-dir)``, so repeating a method costs only
+the fits. Run::
+
+    python benchmarks/calibration_sr_whole.py --whole --methods tt --ratios 4
+    python benchmarks/calibration_sr_whole.py --blocks 1 --methods tt --group-bytes 0 67108864 1000000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from calibration_digits import peak_mib, reset_peak
+from calibration_sr import random_crops
+from super_resolution import build_realesrgan, photos, psnr, save_crops
+
+from sekron.torch import compress
+
+compress_module = importlib.import_module("sekron.torch.compress")  # the module (the package exports the function)
+
+F = torch.nn.functional
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("sekron", "tt", "tr", "cp", "tucker")
+
+
+class StreamTimer:
+    """Wraps ``stream_group_grams`` in sekron.torch.compress: seconds spent streaming, and groups streamed."""
+
+    def __init__(self) -> None:
+        self.seconds, self.groups = 0.0, 0
+        self.inner = compress_module.stream_group_grams
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.groups += 1
+
+
+def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    model = build_realesrgan()
+    total = sum(p.numel() for p in model.parameters())
+    if args.whole:
+        include, sub, extra = None, None, {}
+    else:
+        include = [f"body.{b}.*" for b in range(args.blocks)]
+        sub = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
+                  and any(n.startswith(f"body.{b}.") for b in range(args.blocks)))
+        extra = {"min_kernel_size": 0}
+    cal = random_crops(args.calib, args.crops, args.lr_crop, args.seed)
+    evals = [(n, F.avg_pool2d(hr, 4)) for n, hr in photos(args.eval, 4 * args.eval_lr_crop)]
+    with torch.no_grad():
+        ref = {n: model(lr) for n, lr in evals}
+    crops = {"uncompressed": ref[evals[0][0]]}
+    timer = StreamTimer()
+    compress_module.stream_group_grams = timer  # type: ignore[assignment]
+    rows = []
+    for ratio in args.ratios:
+        whole = ratio if sub is None else total / (total - sub + sub / ratio)
+        for method in args.methods:
+            runs: list[tuple[str, dict[str, Any]]] = [] if args.no_weight else [("weight", {})]
+            runs += [(f"cal. g={g}", {"calibration": cal, "allocation": "error", "batch_size": args.batch_size,
+                                      "fit_group_bytes": g, "fit_steps": args.fit_steps,
+                                      "max_samples": args.max_samples}) for g in args.group_bytes]
+            for label, kw in runs:
+                reset_peak()
+                timer.seconds, timer.groups = 0.0, 0
+                t0 = time.perf_counter()
+                small, rep = compress(model, whole, method=method, include=include, progress=False, n_jobs=1,
+                                      cache_dir=args.cache_dir, **extra, **kw)
+                seconds, peak = time.perf_counter() - t0, peak_mib()
+                with torch.no_grad():
+                    outs = {n: small(lr) for n, lr in evals}
+                comp = [r for r in rep if r["status"] == "compressed"]
+                row = {"ratio": ratio, "method": method, "run": label, "layers": len(comp),
+                       "model_ratio": rep.totals["ratio"],
+                       "layer_ratio": sum(r["params_before"] for r in comp) / sum(r["params_after"] for r in comp),
+                       "psnr": float(np.mean([psnr(outs[n], ref[n]) for n in outs])), "seconds": seconds,
+                       "calibration_seconds": rep.totals["calibration_seconds"], "stream_seconds": timer.seconds,
+                       "groups": timer.groups, "peak_mib": peak}
+                if "calibration" in kw:
+                    errs = [r["output_error"] for r in rep if "output_error" in r]
+                    row["median_layer_output_error"] = float(np.median(errs)) if errs else None
+                rows.append(row)
+                crops[f"{method} {ratio:g}x {label}"] = outs[evals[0][0]]
+                print(json.dumps(row), flush=True)
+                with open(args.out / f"{args.tag}.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                save_crops(crops, args.out / f"{args.tag}.png")
+    return rows, crops
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| method | model ratio | convs | run | PSNR vs uncompressed (dB) | compress (s) | "
+             "of which calibration / streaming (s) | groups | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cal = "" if r["calibration_seconds"] is None else f"{r['calibration_seconds']:.0f} / {r['stream_seconds']:.0f}"
+        lines.append(f"| {r['method']} | {r['model_ratio']:.2f}x | {r['layers']} | {r['run']} | {r['psnr']:.2f} | "
+                     f"{r['seconds']:.0f} | {cal} | {r['groups'] or ''} | {r['peak_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--whole", action="store_true", help="every conv compress does not skip by default")
+    p.add_argument("--blocks", type=int, default=1, help="without --whole: the convs of the first N RRDB blocks")
+    p.add_argument("--ratios", type=float, nargs="+", default=[4])
+    p.add_argument("--methods", nargs="+", default=["tt"], choices=METHODS)
+    p.add_argument("--calib", nargs="+", default=["astronaut", "coffee"])
+    p.add_argument("--eval", nargs="+", default=["chelsea", "rocket"])
+    p.add_argument("--crops", type=int, default=8, help="calibration crops")
+    p.add_argument("--lr-crop", type=int, default=16, help="calibration crop size (low resolution)")
+    p.add_argument("--eval-lr-crop", type=int, default=32, help="evaluation crop size (low resolution)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--group-bytes", type=int, nargs="+", default=[compress_module.FIT_GROUP_BYTES])
+    p.add_argument("--fit-steps", type=int, default=15)
+    p.add_argument("--max-samples", type=int, default=32768)
+    p.add_argument("--no-weight", action="store_true", help="only the calibrated runs")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tag", default="calibration_sr_whole", help="output file names")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows, _ = run(args)
+    cmd = "python benchmarks/calibration_sr_whole.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    what = "every conv but conv_first" if args.whole else f"the convs of the first {args.blocks} RRDB block(s)"
+    text = "\n".join([f"<!-- generated by `{cmd.strip()}`; do not edit -->",
+                      f"Compressed: {what}. Calibration: {args.crops} random {args.lr_crop}x{args.lr_crop} "
+                      f"low-resolution crops of {', '.join(args.calib)} (batches of {args.batch_size}); "
+                      f"evaluation: centre crops ({args.eval_lr_crop}x{args.eval_lr_crop} in, x4 out) of "
+                      f"{', '.join(args.eval)}. fit_steps={args.fit_steps}, max_samples={args.max_samples}. "
+                      f"torch {torch.__version__}, {args.threads} thread(s) on a shared 2-core machine; total "
+                      f"{time.perf_counter() - t0:.0f} s.", "", table(rows), ""])
+    (args.out / f"{args.tag}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
