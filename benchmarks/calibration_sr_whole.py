@@ -92,7 +92,7 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
                 reset_peak()
                 timer.seconds, timer.groups = 0.0, 0
                 t0 = time.perf_counter()
-                small, rep = compress(model, whole, method=method, include=include, progress=False, n_jobs=1,
+                small, rep = compress(model, whole, method=method, include=include, progress=False, n_jobs=args.n_jobs,
                                       cache_dir=args.cache_dir, **extra, **kw)
                 seconds, peak = time.perf_counter() - t0, peak_mib()
                 with torch.no_grad():
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--n-jobs", type=int, default=1, help="worker processes of the per-layer search")
     p.add_argument("--tag", default="calibration_sr_whole", help="output file names")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     args = p.parse_args(argv)
