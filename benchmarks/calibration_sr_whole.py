@@ -92,8 +92,8 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
                 reset_peak()
                 timer.seconds, timer.groups = 0.0, 0
                 t0 = time.perf_counter()
-                small, rep = compress(model, whole, method=method, include=include, progress=False, n_jobs=args.n_jobs,
-                                      cache_dir=args.cache_dir, **extra, **kw)
+                small, rep = compress(model, whole, method=method, include=include, progress=args.progress,
+                                      n_jobs=args.n_jobs, cache_dir=args.cache_dir, **extra, **kw)
                 seconds, peak = time.perf_counter() - t0, peak_mib()
                 with torch.no_grad():
                     outs = {n: small(lr) for n, lr in evals}
@@ -108,6 +108,10 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
                     errs = [r["output_error"] for r in rep if "output_error" in r]
                     row["median_layer_output_error"] = float(np.median(errs)) if errs else None
                 rows.append(row)
+                layer_rows = [{k: r.get(k) for k in ("name", "status", "error", "output_error_weight_fit",
+                                                     "output_error")} for r in rep]
+                with open(args.out / f"{args.tag}_layers.jsonl", "a") as fh:
+                    fh.write(json.dumps({"method": method, "ratio": ratio, "run": label, "layers": layer_rows}) + "\n")
                 crops[f"{method} {ratio:g}x {label}"] = outs[evals[0][0]]
                 print(json.dumps(row), flush=True)
                 with open(args.out / f"{args.tag}.jsonl", "a") as fh:
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-bytes", type=int, nargs="+", default=[compress_module.FIT_GROUP_BYTES])
     p.add_argument("--fit-steps", type=int, default=15)
     p.add_argument("--max-samples", type=int, default=32768)
+    p.add_argument("--progress", action="store_true", help="compress's progress bars (on stderr)")
     p.add_argument("--no-weight", action="store_true", help="only the calibrated runs")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
