@@ -87,7 +87,8 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
             runs: list[tuple[str, dict[str, Any]]] = [] if args.no_weight else [("weight", {})]
             runs += [(f"cal. g={g}", {"calibration": cal, "allocation": "error", "batch_size": args.batch_size,
                                       "fit_group_bytes": g, "fit_steps": args.fit_steps,
-                                      "max_samples": args.max_samples}) for g in args.group_bytes]
+                                      "max_samples": args.max_samples, "refit_dense": not args.no_refit_dense})
+                     for g in args.group_bytes]
             for label, kw in runs:
                 reset_peak()
                 timer.seconds, timer.groups = 0.0, 0
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-steps", type=int, default=15)
     p.add_argument("--max-samples", type=int, default=32768)
     p.add_argument("--progress", action="store_true", help="compress's progress bars (on stderr)")
+    p.add_argument("--no-refit-dense", action="store_true", help="compress(refit_dense=False)")
     p.add_argument("--no-weight", action="store_true", help="only the calibrated runs")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
