@@ -199,7 +199,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
              solver: str = "als", fit_steps: int = 15, sensitivity_steps: int = 5, refit_dense: bool = True,
              batch_size: int = 64, seed: int = 0, implementation: str = "auto", inplace: bool = False,
              progress: bool = True, n_jobs: int = -1, client: Any = None, cache: bool | SearchCache = True,
-             cache_dir: str | None = None) -> tuple[nn.Module, CompressionReport]:
+             cache_dir: str | None = None, fold_batchnorm: bool | None = None) -> tuple[nn.Module, CompressionReport]:
     """Replace conv and linear layers by SeKron layers so that the model has ``ratio`` times fewer parameters.
 
     Parameters
@@ -273,6 +273,16 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         gives. False computes everything afresh.
     cache_dir : str, optional
         Also keep the cache on disk there (``.npz`` + JSON, no pickle), across processes.
+    fold_batchnorm : bool, optional
+        Fold each BatchNorm that directly follows a conv/linear into it first
+        (:func:`sekron.torch.fold.fold_batchnorm`; the BatchNorm becomes ``nn.Identity``),
+        so the weight fit, the sensitivity and the output fit see every output channel at
+        the scale the network sees it. Only exact folds are made (checked in float64 on the
+        first calibration batch, or random inputs of ``input_shape``). None (default): on with
+        ``calibration`` for BatchNorms in eval mode (the mode the calibration runs in), off
+        without. True: also BatchNorms in training mode (their running statistics); needs
+        ``calibration`` or ``input_shape``. The budget counts the model as given (its
+        BatchNorm parameters included), so folding only frees parameters for the layers.
 
     Returns
     -------
@@ -280,6 +290,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         With calibration the report's rows also hold ``sensitivity`` (relative change of
         the network output with only that layer compressed), ``output_error_weight_fit``
         and ``output_error`` (relative output error of the layer before / after the fit).
+        ``report.totals["folded_batchnorm"]`` lists the folded ``(conv, BatchNorm)`` names.
 
     Examples
     --------
@@ -307,7 +318,15 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     batches = None
     if calibration is not None:
         batches = calibration_batches(calibration, next(model.parameters()), int(batch_size))
+    if fold_batchnorm is not None and not isinstance(fold_batchnorm, bool):
+        raise TypeError(f"fold_batchnorm must be True, False or None, got {type(fold_batchnorm).__name__}")
+    if fold_batchnorm and batches is None and input_shape is None:
+        raise ValueError("fold_batchnorm=True checks the fold on example inputs: pass calibration= or input_shape=")
     model = model if inplace else copy.deepcopy(model)
+    total_given = sum(int(p.numel()) for p in model.parameters())
+    folded: list[tuple[str, str]] = []
+    if fold_batchnorm or (fold_batchnorm is None and batches is not None):
+        folded = _fold(model, batches, input_shape, force=bool(fold_batchnorm))
     layers = _select(model, include, exclude, skip_first, int(min_kernel_size))
     if input_shape is not None:
         _record_shapes(model, layers, input_shape)
@@ -315,7 +334,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     if not chosen:
         raise ValueError("no layer is eligible for compression (all skipped: "
                          f"{ {layer.name: layer.skip for layer in layers} }); adjust include/exclude/min_kernel_size")
-    total = sum(int(p.numel()) for p in model.parameters())
+    total = total_given
     dense = sum(int(layer.module.weight.numel()) for layer in chosen)
     target = total / ratio
     room = target - (total - dense)
@@ -399,8 +418,23 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
               "macs_before": None if None in macs else sum(macs),
               "macs_after": None if None in macs else sum(r["macs_after"] for r in rows),
               "calibration_seconds": None if batches is None else time.perf_counter() - t0,
-              "calibration_inputs": None if batches is None else sum(int(b.shape[0]) for b in batches)}
+              "calibration_inputs": None if batches is None else sum(int(b.shape[0]) for b in batches),
+              "folded_batchnorm": folded}
     return model, CompressionReport(rows, totals)
+
+
+def _fold(model: nn.Module, batches: list[torch.Tensor] | None, input_shape: Sequence[int] | None, *,
+          force: bool) -> list[tuple[str, str]]:
+    """Fold BatchNorms into their convs (in place), checked on the first calibration batch or zeros."""
+    from .fold import fold_batchnorm
+
+    if batches is not None:
+        example = batches[0]
+    else:
+        assert input_shape is not None
+        param = next(model.parameters())
+        example = torch.randn(tuple(input_shape), generator=torch.Generator().manual_seed(0)).to(param)
+    return fold_batchnorm(model, example, force=force)
 
 
 def _fit_outputs(model: nn.Module, reference: nn.Module, layers: list[_Layer], rows: list[dict[str, Any]],
