@@ -69,7 +69,8 @@ def run(args: Any) -> tuple[float, list[dict[str, Any]]]:
             reset_peak()
             t0 = time.perf_counter()
             c, rep = compress(dense, ratio, method=method, input_shape=(1, 1, 28, 28), progress=False,
-                              calibration=cal, fold_batchnorm=args.fold_batchnorm == "auto" and None)
+                              calibration=cal, fold_batchnorm=args.fold_batchnorm == "auto" and None,
+                              structures=args.structures, sensitivity_steps=args.sensitivity_steps)
             seconds, peak = time.perf_counter() - t0, peak_mib()
             acc_c = accuracy(c, xte, yte)
             t1 = time.perf_counter()
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-mixup", type=float, default=0.0, help="distill(mixup=)")
     p.add_argument("--distill-holdout", type=float, default=0.0, help="distill(holdout=)")
     p.add_argument("--distill-features", nargs="*", default=None, help="distill(features=), e.g. layers.0 layers.1")
+    p.add_argument("--structures", type=int, default=1, help="compress(structures=) for the calibrated runs")
+    p.add_argument("--sensitivity-steps", type=int, default=5, help="compress(sensitivity_steps=)")
     p.add_argument("--labeled-ft", action="store_true")
     p.add_argument("--fold-batchnorm", choices=("auto", "off"), default="auto",
                    help="compress's fold_batchnorm for the calibrated runs: auto (its default) or off")
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{args.calibration} unlabeled calibration images (disjoint from training and test), "
                           f"{args.distill_epochs} distillation epochs (KL, lr 1e-3, shift {args.distill_shift}, noise "
                           f"{args.distill_noise}, mixup {args.distill_mixup}, holdout {args.distill_holdout}, features "
-                          f"{args.distill_features}); fold_batchnorm {args.fold_batchnorm}; test images: "
+                          f"{args.distill_features}); fold_batchnorm {args.fold_batchnorm}, structures "
+                          f"{args.structures}, sensitivity_steps {args.sensitivity_steps}; test images: "
                           f"{args.test_size or 10000}; torch {torch.__version__}, {args.threads} thread(s) on a shared "
                           f"2-core machine; {time.perf_counter() - t0:.0f} s so far.", "", table(base, rows), "",
                           "<details><summary>compression reports</summary>", "", reports, "</details>", ""])
