@@ -19,7 +19,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
             loss: str = "mse", temperature: float = 1.0, batch_size: int = 64, seed: int = 0,
             train_mode: bool = False, progress: bool = True, shift: int = 0, noise: float = 0.0,
             mixup: float = 0.0, holdout: float = 0.0, features: Sequence[str] | None = None,
-            feature_weight: float = 1.0) -> nn.Module:
+            feature_weight: float = 1.0, schedule: str = "constant") -> nn.Module:
     """Fine-tune ``student`` in place to match ``teacher``'s outputs on unlabeled ``data``; returns ``student``.
 
     Parameters
@@ -71,6 +71,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
         to the teacher's mean square there, is added to the loss.
     feature_weight : float
         Weight of the feature terms.
+    schedule : {"constant", "cosine"}
+        Learning rate: ``lr`` throughout, or cosine decay from ``lr`` to 0 over all steps.
 
     Examples
     --------
@@ -103,6 +105,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise ValueError(f"holdout must be a fraction in [0, 1) of the inputs kept out of training, got {holdout!r}")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     names = [features] if isinstance(features, str) else list(features or [])
     for name in names:
         for who, m in (("student", student), ("teacher", teacher)):
@@ -139,6 +143,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
     student.train(train_mode)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     steps = epochs * len(batches)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)) if schedule == "cosine" else None
     devices = [like.device] if like.device.type == "cuda" else []
     grab: dict[str, dict[str, torch.Tensor]] = {"student": {}, "teacher": {}}
     handles = []
@@ -195,6 +200,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
             if best is not None:
                 student.load_state_dict(best[1])
     finally:

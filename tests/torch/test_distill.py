@@ -59,7 +59,7 @@ def test_distill_options_deterministic_and_close_the_gap() -> None:
     x = torch.randn(48, 2, 6, 6, generator=torch.Generator().manual_seed(1))
     before = _gap(student, teacher, x)
     kw = {"epochs": 6, "lr": 3e-3, "batch_size": 16, "progress": False, "shift": 1, "noise": 0.05, "mixup": 0.4,
-          "holdout": 0.25, "features": ["1"]}
+          "holdout": 0.25, "features": ["1"], "schedule": "cosine"}
     rng = torch.get_rng_state()
     a = distill(copy.deepcopy(student), teacher, x, **kw)
     b = distill(copy.deepcopy(student), teacher, x, **kw)
@@ -104,7 +104,7 @@ def test_distill_bad_options() -> None:
                       ({"noise": -0.1}, "noise must be"), ({"mixup": float("nan")}, "mixup must be"),
                       ({"holdout": 1.0}, "holdout must be"), ({"holdout": -0.1}, "holdout must be"),
                       ({"features": ["nope"]}, "not a submodule"),
-                      ({"feature_weight": float("inf")}, "feature_weight")]:
+                      ({"feature_weight": float("inf")}, "feature_weight"), ({"schedule": "step"}, "schedule must")]:
         with pytest.raises(ValueError, match=match):
             distill(student, teacher, x, progress=False, **kw)
     with pytest.raises(ValueError, match="spatial axes"):

@@ -8,11 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+from sekron.structure import Structure  # noqa: E402
+from sekron.structure_search._scoring import _family  # noqa: E402
 from sekron.torch import compress  # noqa: E402
 from sekron.torch._allocate import Frontier  # noqa: E402
 from sekron.torch._sensitivity import _alternatives, _interpolated  # noqa: E402
-from sekron.structure import Structure  # noqa: E402
-from sekron.structure_search._scoring import _family  # noqa: E402
 
 
 def _fams() -> list:
@@ -28,7 +28,7 @@ def test_alternatives_and_interpolation() -> None:
     f = Frontier.from_families(fams, 16)
     i = int(np.flatnonzero(f.params == 12)[0])
     alts = _alternatives(f, i, fams, 3)
-    ident = [([k for k, g in enumerate(fams) if g is fam][0], j) for fam, j in alts]
+    ident = [(next(k for k, g in enumerate(fams) if g is fam), j) for fam, j in alts]
     assert ident[0] == (0, 2)  # the weight-error choice first (family a, 12 params)
     assert ident[1:] == [(1, 1), (2, 0)]  # others within 12 params, best first
     assert all(int(fam.params[j]) <= 12 for fam, j in alts)
