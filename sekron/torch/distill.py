@@ -178,7 +178,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
             torch.manual_seed(seed)
             best = (held_loss(), copy.deepcopy(student.state_dict())) if held else None
 
-            def schedule() -> Any:
+            def order() -> Any:
                 for _ in range(epochs):
                     if inputs is not None:
                         perm = torch.randperm(len(inputs), generator=gen).to(inputs.device)
@@ -187,7 +187,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
                         yield from (batches[i] for i in torch.randperm(len(batches), generator=gen).tolist())
                     yield None  # end of an epoch
 
-            bar = _progress(schedule(), total=steps + epochs, desc="sekron distill", enabled=progress)
+            bar = _progress(order(), total=steps + epochs, desc="sekron distill", enabled=progress)
             for x in bar:
                 if x is None:
                     if best is not None:
