@@ -65,7 +65,8 @@ def _interpolated(f: Frontier, pts: Sequence[tuple[int, float, Any]]) -> Frontie
 
 def _alternatives(f: Frontier, i: int, families: Sequence[Any], count: int) -> list[Any]:
     """Up to ``count`` references ``(family, j)``: ``f``'s point ``i`` first, then the other structures' best
-    points within its size, least weight error first (one per structure)."""
+    points within its size, least weight error first (one per structure), other bond patterns before a
+    second structure of a pattern already taken (so a CP-like and a nested choice are both tried)."""
     ref = f.refs[i]
     out = [ref]
     budget = int(f.params[i])
@@ -77,7 +78,18 @@ def _alternatives(f: Frontier, i: int, families: Sequence[Any], count: int) -> l
         if j is not None:
             others.append((float(fam.err[j]), -int(fam.params[j]), len(others), (fam, j)))
     others.sort(key=lambda t: t[:3])
-    return out + [t[3] for t in others[:max(count - 1, 0)]]
+    seen = {_pattern(ref[0])} if ref is not None else set()
+    fresh: list[Any] = []
+    rest: list[Any] = []
+    for t in others:
+        p = _pattern(t[3][0])
+        (rest if p in seen else fresh).append(t[3])
+        seen.add(p)
+    return out + (fresh + rest)[:max(count - 1, 0)]
+
+
+def _pattern(fam: Any) -> str:
+    return str(getattr(fam.structure, "pattern", None) or fam.baseline or "")
 
 
 def _as_candidate(ref: Any, dense: int) -> Any:

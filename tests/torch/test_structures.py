@@ -33,6 +33,11 @@ def test_alternatives_and_interpolation() -> None:
     assert ident[1:] == [(1, 1), (2, 0)]  # others within 12 params, best first
     assert all(int(fam.params[j]) <= 12 for fam, j in alts)
     assert len(_alternatives(f, i, fams, 1)) == 1
+    # another bond pattern is tried before a second structure of a pattern already taken
+    chain = _family(Structure.tt((4, 4)), "spectrum", [6], [0.95], [[1]])
+    alts = _alternatives(f, i, [*fams, chain], 2)
+    assert alts[1][0] is chain
+    assert [a[0] for a in _alternatives(f, i, [*fams, chain], 4)][1:] == [chain, fams[1], fams[2]]
     # a measured alternative enters with its own size; unmeasured points are interpolated, dominated ones dropped
     g = _interpolated(f, [(9, 0.01, (fams[1], 1)), (3, 0.5, f.refs[0])])
     assert 9 in g.params.tolist() and g.refs[-1] is None and g.err2[-1] == 0
