@@ -167,3 +167,20 @@ def test_compress_folds_by_default_with_calibration() -> None:
     err = float((small(xt) - ref).norm() / ref.norm())
     err_off = float((off(xt) - ref).norm() / ref.norm())
     assert err < 1.0 and err_off < 1.0
+
+
+def test_folded_compressed_model_round_trips_through_load_compressed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sekron.torch import load_compressed
+
+    net = _randomize_bn(_resnet()).eval()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    small, rep = compress(net, 4, calibration=x, min_kernel_size=256, progress=False, n_jobs=1)
+    assert rep.totals["folded_batchnorm"]
+    torch.save(small.state_dict(), tmp_path / "s.pt")
+    fresh = load_compressed(_resnet(), torch.load(tmp_path / "s.pt", weights_only=True)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), small(x), rtol=0, atol=0)
+    assert isinstance(fresh[1], nn.Identity) and fresh[0].bias is not None
+    # a skeleton whose BatchNorm entries are present is untouched
+    plain = load_compressed(_resnet(), _resnet().state_dict())
+    assert isinstance(plain[1], nn.BatchNorm2d) and plain[0].bias is None
