@@ -22,6 +22,8 @@ import tensorly as tl
 #: Tikhonov term on the normal equations, relative to their trace: keeps them solvable
 #: when a factor loses rank, far below any error that matters
 RIDGE = 1e-12
+#: numpy normal equations with more than this many right-hand sides per unknown are solved through the inverse
+INVERSE_ROWS = 4
 
 MTTKRP = Callable[[list[Any], int], Any]
 
@@ -68,7 +70,7 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
             V = _hadamard([g for m, g in enumerate(grams) if m != n], R, U[0])
             M = mttkrp(U, n)
             V = V + RIDGE * max(float(np.real(tl.to_numpy(tl.trace(V)))), 1e-300) * eye
-            U[n] = tl.transpose(tl.solve(tl.transpose(V, (1, 0)), tl.transpose(M, (1, 0))), (1, 0))
+            U[n] = _solve(V, M)
             grams[n] = _gram(U[n])
         inner = float(np.real(tl.to_numpy(tl.sum(M * tl.conj(U[n])))))
         approx_sq = float(np.real(tl.to_numpy(tl.sum(V * grams[n]))))
@@ -77,6 +79,27 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
             break
         last = err
     return U
+
+
+def _solve(V: Any, M: Any) -> Any:
+    """``M V^{-1}`` for the (regularised, Hermitian positive definite) normal equations ``V``.
+
+    For numpy, LAPACK's solve is slow when the right-hand sides far outnumber the rank (a
+    level-2 triangular solve per row of ``M``): with more than :data:`INVERSE_ROWS` times ``R``
+    rows, ``M`` is multiplied by ``V``'s inverse (one matmul); otherwise a Cholesky solve, or
+    LU when ``V`` is not numerically positive definite. The choice depends only on the shapes
+    and on ``V``, so the result is the same on every run.
+    """
+    if not (isinstance(V, np.ndarray) and isinstance(M, np.ndarray)):
+        return tl.transpose(tl.solve(tl.transpose(V, (1, 0)), tl.transpose(M, (1, 0))), (1, 0))
+    if M.shape[0] > INVERSE_ROWS * V.shape[0]:
+        return M @ np.linalg.inv(V.T)
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    try:
+        return cho_solve(cho_factor(V.T, check_finite=False), M.T, check_finite=False).T
+    except LinAlgError:
+        return np.linalg.solve(V.T, M.T).T
 
 
 def dense_mttkrp(T: Any) -> MTTKRP:

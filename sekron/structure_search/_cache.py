@@ -36,7 +36,7 @@ import numpy as np
 Entry = dict[str, np.ndarray]
 
 #: layout version of the on-disk cache (bumped when keys or entries change meaning)
-VERSION = 1
+VERSION = 2
 
 
 def weight_hash(W: np.ndarray) -> str:
