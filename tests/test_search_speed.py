@@ -3,6 +3,7 @@ and one fit per CP problem. Each is checked against the plain computation it rep
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -160,3 +161,19 @@ def test_one_fit_per_cp_problem_and_each_family_reproduces_its_error() -> None:
                 sk, err = decompose(W, fam.structure, return_error=True, **fam.options(i))
             assert abs(err - fam.err[i]) <= 1e-10
             assert sk.n_params == fam.params[i]
+
+
+def _als_errors(T: np.ndarray, R: int, sweeps: int, extrapolate: bool) -> list[float]:
+    return [_rel(T, sc.fast_als(T, R, k, tol=0.0, extrapolate=extrapolate)) for k in range(1, sweeps + 1)]
+
+
+def test_extrapolated_als_never_raises_the_error_and_gets_further() -> None:
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((8, 3))
+    collinear = [np.column_stack([A[:, 0], A[:, 0] + 0.1 * A[:, 1], A[:, 2]])] + [
+        rng.standard_normal((d, 3)) for d in (7, 6)]  # nearly collinear components: a swamp for plain ALS
+    T = tl.cp_to_tensor((None, collinear)) + 1e-3 * rng.standard_normal((8, 7, 6))
+    fast = _als_errors(T, 3, 25, True)
+    plain = _als_errors(T, 3, 25, False)
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(fast))  # a move is kept only when it lowers the error
+    assert fast[-1] <= plain[-1]

@@ -40,13 +40,18 @@ def _hadamard(grams: Sequence[Any], R: int, like: Any) -> Any:
 
 
 def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, tol: float,
-           order: Sequence[int] | None = None, deadline: float | None = None) -> list[Any]:
+           order: Sequence[int] | None = None, deadline: float | None = None, extrapolate: bool = False) -> list[Any]:
     """Refine the CP ``factors`` (each ``(d_n, R)``) of a tensor of squared norm ``norm_sq``.
 
     ``mttkrp(factors, n)`` returns ``M_n`` for the current factors. Each sweep updates the
     modes in ``order`` (default 0..N-1); it stops after ``n_iter`` sweeps or when the relative
     error changes by less than ``tol``, or after the sweep that passes ``deadline`` (a
     ``time.perf_counter()`` value, optional). Returns the new factors (the inputs are not modified).
+
+    With ``extrapolate``, each sweep after the first also tries the factors moved on along
+    that sweep's step, ``U_old + k^(1/3) (U_new - U_old)`` at sweep k (the line search of
+    Bro's thesis, 1998), and keeps them when their error (one more MTTKRP) is lower: in
+    swamps, where plain ALS creeps, this reaches a given error in far fewer sweeps.
 
     Examples
     --------
@@ -65,7 +70,8 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
     grams = [_gram(u) for u in U]
     eye = tl.eye(R, **{k: v for k, v in tl.context(U[0]).items() if k != "requires_grad"})
     last = math.inf
-    for _ in range(n_iter):
+    for it in range(n_iter):
+        start = list(U)
         for n in modes:
             V = _hadamard([g for m, g in enumerate(grams) if m != n], R, U[0])
             M = mttkrp(U, n)
@@ -75,6 +81,17 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
         inner = float(np.real(tl.to_numpy(tl.sum(M * tl.conj(U[n])))))
         approx_sq = float(np.real(tl.to_numpy(tl.sum(V * grams[n]))))
         err = math.sqrt(max(norm_sq - 2 * inner + approx_sq, 0.0) / norm_sq) if norm_sq > 0 else 0.0
+        if extrapolate and it > 0:
+            step = (it + 1) ** (1.0 / 3.0)
+            Ue = [a + step * (b - a) for a, b in zip(start, U)]
+            ge = [_gram(u) for u in Ue]
+            m = modes[-1]
+            Me = mttkrp(Ue, m)
+            inner_e = float(np.real(tl.to_numpy(tl.sum(Me * tl.conj(Ue[m])))))
+            approx_e = float(np.real(tl.to_numpy(tl.sum(_hadamard(ge, R, U[0])))))
+            err_e = math.sqrt(max(norm_sq - 2 * inner_e + approx_e, 0.0) / norm_sq) if norm_sq > 0 else 0.0
+            if err_e < err:
+                U, grams, err = Ue, ge, err_e
         if abs(last - err) < tol or (deadline is not None and time.perf_counter() >= deadline):
             break
         last = err
