@@ -13,8 +13,10 @@ parameter count and its relative error. How the errors are obtained:
   the tail of the stacked ``(R_1 P_2, P_3)`` matrix and tucker (ST-HOSVD) the tail of
   ``(P_2, R_1 P_3)``; their Gram matrices are running sums over ``r < R_1``.
 - ``als`` (cp with S >= 3): a CP-ALS on T (:func:`fast_als`, at most :data:`ALS_ITERS`
-  sweeps within :data:`ALS_FLOPS`); its factors become ``decompose``'s ``init`` with
-  ``n_iter_max=0``, so ``decompose`` returns exactly them and their true error.
+  sweeps within :data:`ALS_FLOPS`, extrapolated from :data:`EXTRAPOLATE_FROM` sweeps on;
+  each rank of the ladder warm-started from the one below, :func:`cp_family`); its factors
+  become ``decompose``'s ``init`` with ``n_iter_max=0``, so ``decompose`` returns exactly
+  them and their true error.
 - ``caps`` (the axis-aligned TT / TR / Tucker baselines): rank profiles from the spectra
   of W's unfoldings (:mod:`sekron.structure_search._baselines`), scaled to the budget, then one
   ``decompose(W, st, rank=caps)`` per point; its error is again the spectrum's.
