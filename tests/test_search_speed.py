@@ -59,6 +59,11 @@ def test_shared_eigh_serves_only_large_real_matrices() -> None:
         assert not shares_eigh(M)  # smaller than the threshold
     with shared_eigh(M.size):
         assert shares_eigh(M)
+        got = gram_top(M, 2)
+        assert got is not None
+        got[0][...] = 0.0  # the caller's copy: the shared decomposition is untouched
+        again = gram_top(M, 2)
+        assert again is not None and np.any(again[0] != 0.0)
         assert not shares_eigh(M.astype(np.complex128))
         assert not shares_eigh(np.stack([M[0], M[0]]))  # a batch
     assert not shares_eigh(M)  # outside the block

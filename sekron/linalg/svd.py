@@ -151,7 +151,7 @@ def gram_top(M: Any, rank: int) -> tuple[Any, Any, bool, float] | None:
     full = _shared_eigh(M[0])
     if full is not None:  # a shared unfolding: the leading part of its one full eigen-decomposition
         V, lam, tall, trace = full
-        V, lam = V[:, :rank], lam[:rank]
+        V, lam = V[:, :rank].copy(), lam[:rank].copy()  # copies: a caller may not alter the shared one
         return V[None], lam[None], tall, max(trace - float(np.sum(np.maximum(lam, 0))), 0.0)
     G, tall = _gram(M[0])
     V, lam, tail = eigh_top(G, rank, overwrite=True)
