@@ -15,6 +15,7 @@ rank caps (same octave) or mostly the same (next octave), which
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -101,6 +102,12 @@ def family_to_plain(fam: sc.Family) -> dict[str, Any]:
             "ranks": fam.ranks, "extra": extra, "baseline": fam.baseline}
 
 
+@functools.lru_cache(maxsize=4096)
+def _structure(factor_shapes: tuple[tuple[int, ...], ...], labels: tuple[str, ...], pattern: str | None) -> Structure:
+    """One validated Structure per description (they are immutable; a model's layers share a few hundred)."""
+    return Structure(factor_shapes, pattern, labels=labels)
+
+
 def family_from_plain(data: Mapping[str, Any]) -> sc.Family:
     """Inverse of :func:`family_to_plain`."""
     extra = None
@@ -114,7 +121,10 @@ def family_from_plain(data: Mapping[str, Any]) -> sc.Family:
                 weights, *factors = (aligned(a) for a in opts["init"])
                 opts["init"] = CPTensor((weights, list(factors)))
             extra.append(opts)
-    return sc.Family(Structure.from_dict(data["structure"]), data["kind"], aligned(data["params"]),
+    st = data["structure"]
+    structure = _structure(tuple(tuple(int(v) for v in f) for f in st["factor_shapes"]), tuple(st["labels"]),
+                           st.get("pattern"))
+    return sc.Family(structure, data["kind"], aligned(data["params"]),
                      aligned(data["err"]), aligned(data["ranks"]), extra, data["baseline"])
 
 

@@ -208,8 +208,8 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
              solver: str = "als", fit_steps: int = 15, sensitivity_steps: int = 5, refit_dense: bool = True,
              batch_size: int = 64, seed: int = 0, implementation: str = "auto", inplace: bool = False,
              progress: bool = True, n_jobs: int = -1, client: Any = None, cache: bool | SearchCache = True,
-             cache_dir: str | None = None, fit_group_bytes: int = 0
-             ) -> tuple[nn.Module, CompressionReport]:
+             cache_dir: str | None = None, fold_batchnorm: bool | None = None,
+             structures: int = 1, fit_group_bytes: int = 0) -> tuple[nn.Module, CompressionReport]:
     """Replace conv and linear layers by SeKron layers so that the model has ``ratio`` times fewer parameters.
 
     Parameters
@@ -283,6 +283,23 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         gives. False computes everything afresh.
     cache_dir : str, optional
         Also keep the cache on disk there (``.npz`` + JSON, no pickle), across processes.
+    fold_batchnorm : bool, optional
+        Fold each BatchNorm that directly follows a conv/linear into it first
+        (:func:`sekron.torch.fold.fold_batchnorm`; the BatchNorm becomes ``nn.Identity``),
+        so the weight fit, the sensitivity and the output fit see every output channel at
+        the scale the network sees it. Only exact folds are made (checked in float64 on the
+        first calibration batch, or random inputs of ``input_shape``). None (default): on with
+        ``calibration`` for BatchNorms in eval mode (the mode the calibration runs in), off
+        without. True: also BatchNorms in training mode (their running statistics); needs
+        ``calibration`` or ``input_shape``. The budget counts the model as given (its
+        BatchNorm parameters included), so folding only frees parameters for the layers.
+    structures : int
+        With allocation "sensitivity" and objective "output" (``sensitivity_steps > 0``):
+        at each measured size of a layer, the ``structures`` structures of least weight
+        error within that size are output-fitted and the one of least output error is
+        kept (structure choice by output error; ``search(..., objective="output")`` in
+        spirit). 1: the least weight error, as before. Only "sekron" has several
+        structures; the axis-aligned methods have one.
     fit_group_bytes : int
         With objective "output": consecutive layers (in execution order) whose float64 Gram
         matrices (``8 (n+1)(n+1+F)`` bytes for ``n`` patch entries and ``F`` outputs) sum to
@@ -301,6 +318,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         With calibration the report's rows also hold ``sensitivity`` (relative change of
         the network output with only that layer compressed), ``output_error_weight_fit``
         and ``output_error`` (relative output error of the layer before / after the fit).
+        ``report.totals["folded_batchnorm"]`` lists the folded ``(conv, BatchNorm)`` names.
 
     Examples
     --------
@@ -325,13 +343,24 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         raise ValueError(f"max_samples must be a positive int (patch positions per layer), got {max_samples!r}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
+    if isinstance(structures, bool) or not isinstance(structures, int) or structures < 1:
+        raise ValueError(f"structures must be an int >= 1 (structures output-fitted per measured size), got "
+                         f"{structures!r}")
     if isinstance(fit_group_bytes, bool) or not isinstance(fit_group_bytes, int) or fit_group_bytes < 0:
         raise ValueError("fit_group_bytes must be an int >= 0 (bytes of Gram matrices streamed together; 0 = one "
                          f"layer at a time), got {fit_group_bytes!r}")
     batches = None
     if calibration is not None:
         batches = calibration_batches(calibration, next(model.parameters()), int(batch_size))
+    if fold_batchnorm is not None and not isinstance(fold_batchnorm, bool):
+        raise TypeError(f"fold_batchnorm must be True, False or None, got {type(fold_batchnorm).__name__}")
+    if fold_batchnorm and batches is None and input_shape is None:
+        raise ValueError("fold_batchnorm=True checks the fold on example inputs: pass calibration= or input_shape=")
     model = model if inplace else copy.deepcopy(model)
+    total_given = sum(int(p.numel()) for p in model.parameters())
+    folded: list[tuple[str, str]] = []
+    if fold_batchnorm or (fold_batchnorm is None and batches is not None):
+        folded = _fold(model, batches, input_shape, force=bool(fold_batchnorm))
     layers = _select(model, include, exclude, skip_first, int(min_kernel_size))
     if input_shape is not None:
         _record_shapes(model, layers, input_shape)
@@ -339,10 +368,10 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     if not chosen:
         raise ValueError("no layer is eligible for compression (all skipped: "
                          f"{ {layer.name: layer.skip for layer in layers} }); adjust include/exclude/min_kernel_size")
-    total = sum(int(p.numel()) for p in model.parameters())
+    total = total_given
     dense = sum(int(layer.module.weight.numel()) for layer in chosen)
     target = total / ratio
-    room = target - (total - dense)
+    room = target - (sum(int(p.numel()) for p in model.parameters()) - dense)  # folded BatchNorms free theirs
     if room <= 0:
         raise ValueError(f"ratio {ratio} is impossible: the {total - dense:,} parameters that stay dense already "
                          f"exceed the target of {target:,.0f} (model has {total:,}); lower the ratio or compress "
@@ -362,13 +391,14 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         tasks.append(task_arguments(W, W.size * room / dense, method, hashes[-1], known))
     results = run_tasks(layer_task, tasks, n_jobs=n_jobs, client=client, sizes=[t[0].size for t in tasks],
                         progress=progress, desc=f"sekron compress ({method})")
-    frontiers, hits, misses = [], 0, 0
+    frontiers, hits, misses, families = [], 0, 0, []
     for task, whash, (plain, new, h, m) in zip(tasks, hashes, results):
         if store is not None:
             store.update(whash, new)
             store.hits, store.misses = store.hits + h, store.misses + m
         hits, misses = hits + h, misses + m
-        frontiers.append(Frontier.from_families([family_from_plain(p) for p in plain], task[0].size))
+        families.append([family_from_plain(p) for p in plain])
+        frontiers.append(Frontier.from_families(families[-1], task[0].size))
     def build(layer: _Layer, cand: Candidate) -> nn.Module:
         kind = LAYERS[type(layer.module)]
         make = kind.from_linear if kind.__name__ == "SeKronLinear" else kind.from_conv  # type: ignore[attr-defined]
@@ -384,7 +414,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
             model, [layer.name for layer in chosen], frontiers, lambda n, c: build(by_name[n], c), batches,
             progress=lambda it: show_progress(it, desc="sekron sensitivity", enabled=progress),
             fit_steps=int(sensitivity_steps) if objective == "output" else 0, solver=solver,
-            max_samples=max_samples, seed=int(seed))
+            max_samples=max_samples, seed=int(seed), families=families, structures=structures)
     picks = (uniform if allocation == "uniform" else allocate)(alloc_frontiers, room)
     uniform_err = float(sum(f.err2[i] for f, i in zip(frontiers, uniform(frontiers, room))))
     reference = copy.deepcopy(model).eval() if objective == "output" else None
@@ -424,8 +454,23 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
               "macs_before": None if None in macs else sum(macs),
               "macs_after": None if None in macs else sum(r["macs_after"] for r in rows),
               "calibration_seconds": None if batches is None else time.perf_counter() - t0,
-              "calibration_inputs": None if batches is None else sum(int(b.shape[0]) for b in batches)}
+              "calibration_inputs": None if batches is None else sum(int(b.shape[0]) for b in batches),
+              "folded_batchnorm": folded}
     return model, CompressionReport(rows, totals)
+
+
+def _fold(model: nn.Module, batches: list[torch.Tensor] | None, input_shape: Sequence[int] | None, *,
+          force: bool) -> list[tuple[str, str]]:
+    """Fold BatchNorms into their convs (in place), checked on the first calibration batch or zeros."""
+    from .fold import fold_batchnorm
+
+    if batches is not None:
+        example = batches[0]
+    else:
+        assert input_shape is not None
+        param = next(model.parameters())
+        example = torch.randn(tuple(input_shape), generator=torch.Generator().manual_seed(0)).to(param)
+    return fold_batchnorm(model, example, force=force)
 
 
 def _fit_outputs(model: nn.Module, reference: nn.Module, layers: list[_Layer], rows: list[dict[str, Any]],

@@ -428,6 +428,9 @@ def load_compressed(model: nn.Module, state_dict: Mapping[str, Any], *, strict: 
     Every ``<name>._extra_state`` entry written by a SeKron layer replaces the dense layer
     ``<name>`` of ``model`` (in place, with ``set_submodule``) by a SeKron layer of the saved
     structure and ranks; then ``model.load_state_dict(state_dict, strict=strict)`` runs.
+    BatchNorms that ``compress`` folded into their convs (none of their entries is in
+    ``state_dict``) become ``nn.Identity``, and a conv/linear without bias gets one when
+    ``state_dict`` holds it.
 
     Examples
     --------
@@ -440,6 +443,7 @@ def load_compressed(model: nn.Module, state_dict: Mapping[str, Any], *, strict: 
     >>> type(fresh[0]).__name__, fresh[0].rank
     ('SeKronLinear', {'a': 2})
     """
+    _unfold_skeleton(model, state_dict)
     suffix = "._extra_state"
     for key, state in state_dict.items():
         if not key.endswith(suffix) or not isinstance(state, Mapping) or "sekron" not in state:
@@ -455,3 +459,21 @@ def load_compressed(model: nn.Module, state_dict: Mapping[str, Any], *, strict: 
         model.set_submodule(name, kind._from_state(current, state))  # type: ignore[attr-defined]
     model.load_state_dict(state_dict, strict=strict)
     return model
+
+
+def _unfold_skeleton(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """Match a dense skeleton to a model whose BatchNorms were folded (:mod:`sekron.torch.fold`), in place."""
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if not any(isinstance(m, norms) for m in model.modules()):
+        return
+    for name, mod in list(model.named_modules()):
+        if not name:
+            continue
+        if isinstance(mod, norms):
+            keys = [f"{name}.{k}" for k in mod.state_dict()]
+            if keys and not any(k in state_dict for k in keys):
+                model.set_submodule(name, nn.Identity())
+        elif type(mod) in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear) and mod.bias is None \
+                and f"{name}.bias" in state_dict:
+            w = mod.weight
+            mod.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
