@@ -18,6 +18,7 @@ from torch import nn  # noqa: E402
 
 from sekron.torch import compress, distill  # noqa: E402
 from sekron.torch.calibrate import (  # noqa: E402
+    REFIT_SAMPLES_PER_UNKNOWN,
     calibration_batches,
     fit_layer,
     patches,
@@ -180,6 +181,21 @@ def test_dense_refit_is_least_squares(dtype: torch.dtype) -> None:
     tol = 1e-4 if dtype == torch.float32 else 1e-9
     torch.testing.assert_close(noisy.weight.detach().double(), sol[:, :6], atol=tol, rtol=tol)
     torch.testing.assert_close(noisy.bias.detach().double(), sol[:, 6], atol=tol, rtol=tol)
+
+
+def test_dense_refit_needs_enough_positions() -> None:
+    torch.manual_seed(0)
+    dense, noisy = nn.Linear(6, 4).double(), nn.Linear(6, 4).double()
+    before = copy.deepcopy(noisy.state_dict())
+    x = [torch.randn(REFIT_SAMPLES_PER_UNKNOWN * 7 - 1, 6, dtype=torch.float64)]  # 7 unknowns per output
+    grams = stream_grams(nn.Sequential(dense), dense, nn.Sequential(noisy), noisy, x, 10 ** 9, torch.Generator())
+    fit = refit_dense(noisy, grams, ridge=0.0)
+    assert fit.steps == 0 and fit.after == fit.before > 0
+    for k, v in noisy.state_dict().items():
+        assert torch.equal(v, before[k])  # too few positions: left alone, not overfitted
+    x.append(torch.randn(1, 6, dtype=torch.float64))
+    grams = stream_grams(nn.Sequential(dense), dense, nn.Sequential(noisy), noisy, x, 10 ** 9, torch.Generator())
+    assert refit_dense(noisy, grams, ridge=0.0).after < 1e-20  # one more: refitted, exact (noise-free)
 
 
 @pytest.mark.parametrize("solver", ["als", "adam"])
