@@ -518,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--time-files", nargs="+", default=None, metavar="ONNX",
                     help="only time these ONNX files side by side (batch 1 of their input shape, 1 and 2 threads), "
                     "the first as the reference: the short timing run, at normal priority")
+    ap.add_argument("--eval-files", nargs="+", default=None, metavar="ONNX",
+                    help="only compare these ddddocr detector files with the original: params, size, GMACs, "
+                    "detections on the test images")
     ap.add_argument("--esrgan-ratios", default="2,4", help="Real-ESRGAN MAC ratios")
     ap.add_argument("--esrgan-lr", type=int, default=32, help="Real-ESRGAN low-resolution input size")
     ap.add_argument("--method", default="sekron", help="compress method for ddddocr (tucker: quicker search)")
@@ -526,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.time_files:
         return time_files(args.time_files, args.rounds)
+    if args.eval_files:
+        return eval_files(args.eval_files, args.images)
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     layers = [(64, 8), (128, 4)] if args.quick else LAYERS
@@ -608,6 +613,36 @@ def time_files(paths: Sequence[str], rounds: int) -> dict[str, Any]:
             print(f"{threads} thread(s) {os.path.basename(p)}: median {t[p][0]:.2f} ms (min {t[p][1]:.2f}), "
                   f"ratio {t[p][0] / t[paths[0]][0]:.3f} (min {t[p][1] / t[paths[0]][1]:.3f}), CPU-time ratio "
                   f"{CPU_MS[p] / CPU_MS[paths[0]]:.3f}", flush=True)
+    return out
+
+
+def eval_files(paths: Sequence[str], n_images: int) -> dict[str, Any]:
+    """ddddocr detector files against the original on the captcha-like test images (no timing)."""
+    from sekron.datasets import DDDDOCR_INSTALL, package_dir
+
+    stub_torchvision()
+    import onnx2torch
+
+    src = str(package_dir("ddddocr", DDDDOCR_INSTALL) / "common_det.onnx")
+    images = [det_preprocess(im) for im in captcha_images(n_images)]
+    ref_sess = session(src, 2)
+    ref_out = [ref_sess.run(None, {"images": x[None]})[0] for x, _ in images]
+    ref_det = [det_postprocess(o, r) for o, (_, r) in zip(ref_out, images)]
+    x1 = torch.from_numpy(images[0][0][None])
+    out: dict[str, Any] = {}
+    for path in [src, *paths]:
+        model = onnx2torch.convert(path).eval()
+        sess = session(path, 2)
+        outs = [sess.run(None, {sess.get_inputs()[0].name: x[None]})[0] for x, _ in images]
+        m = [match(a, det_postprocess(o, r)) for a, o, (_, r) in zip(ref_det, outs, images)]
+        row = {"params": sum(p.numel() for p in model.parameters()), "file_mb": os.path.getsize(path) / 2**20,
+               "gmacs": macs(model, x1) / 1e9, "ref_boxes": sum(d["ref"] for d in m),
+               "boxes": sum(d["got"] for d in m), "matched": sum(d["matched"] for d in m),
+               "mean_iou": float(np.mean([d["mean_iou"] for d in m if d["matched"]] or [0.0])),
+               "max_dscore": max(d["max_dscore"] for d in m),
+               "per_image": [(d["ref"], d["got"], d["matched"]) for d in m]}
+        out[path] = row
+        print(os.path.basename(path), row, flush=True)
     return out
 
 
