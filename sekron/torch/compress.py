@@ -454,6 +454,14 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
             progress=lambda it: show_progress(it, desc="sekron sensitivity", enabled=progress),
             fit_steps=int(sensitivity_steps) if objective == "output" else 0, solver=solver,
             max_samples=max_samples, seed=int(seed))
+    if budget == "macs" and sum(int(f.cost[0]) for f in alloc_frontiers) > room:
+        stuck = [layer.name for layer, f in zip(chosen, alloc_frontiers) if f.refs[0] is None]
+        raise ValueError(f"ratio {ratio} of the deployed MACs is out of reach: even the cheapest deployments leave "
+                         f"{sum(int(f.cost[0]) for f in alloc_frontiers) + whole - dense:,} of {whole:,} MACs; "
+                         f"{len(stuck)} layers have no candidate that deploys cheaper than the dense layer "
+                         f"({stuck[:5]}{'...' if len(stuck) > 5 else ''}; method={method!r}). Lower the ratio, "
+                         "compress more layers, or use method='sekron' (its two-factor structures deploy as plain "
+                         "conv pairs)")
     picks = (uniform if allocation == "uniform" else allocate)(alloc_frontiers, room)
     uniform_err = float(sum(f.err2[i] for f, i in zip(frontiers, uniform(frontiers, room))))
     reference = copy.deepcopy(model).eval() if objective == "output" else None

@@ -100,7 +100,7 @@ def test_calibration_gives_the_shapes_and_fits_outputs() -> None:
     torch.manual_seed(1)
     x = torch.randn(8, *SHAPE[1:])
     small, report = compress(net, 2.0, budget="macs", calibration=x, allocation="error", min_kernel_size=512,
-                             fit_steps=3, method="tucker", progress=False, n_jobs=1)
+                             fit_steps=3, progress=False, n_jobs=1)
     plain = to_standard(small)
     assert report.totals["deployed_macs"] == hook_macs(plain, x[:1])
     assert report.totals["deployed_macs_ratio"] >= 2.0
@@ -174,6 +174,8 @@ def test_hostile_budget_inputs() -> None:
         compress(net, 2.0, budget="macs", progress=False)
     with pytest.raises(ValueError, match="implementation='dense'"):
         compress(net, 2.0, budget="macs", input_shape=SHAPE, implementation="dense", progress=False)
+    with pytest.raises(ValueError, match="out of reach"):  # tucker over all four axes never deploys cheaper
+        compress(net, 2.0, budget="macs", input_shape=SHAPE, method="tucker", min_kernel_size=512, progress=False)
     with pytest.raises(ValueError, match="MACs that stay dense"):
         compress(net, 2.0, budget="macs", input_shape=SHAPE, include=["6"], progress=False)
 
@@ -193,6 +195,6 @@ def test_cli_budget_macs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "input_shape" in capsys.readouterr().err
     assert compress_main([str(src), "--ratio", "2", "-o", str(out), "--arch", arch, "--budget", "macs", "--quiet",
                           "--min-kernel-size", "100", "--input-shape", "1,3,10,10", "--report", str(rep),
-                          "--jobs", "1", "--method", "tucker"]) == 0
+                          "--jobs", "1"]) == 0
     totals = json.loads(rep.read_text())["totals"]
     assert totals["budget"] == "macs" and totals["deployed_macs_ratio"] >= 2.0
