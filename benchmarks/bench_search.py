@@ -9,6 +9,10 @@ the other, ``--repeat`` times (median). The table gives both times, their ratio 
 best candidate's error of each (the same error means the same quality).
 
     PYTHONPATH=. python benchmarks/bench_search.py --old-root /tmp/oldsekron --layers 6
+    PYTHONPATH=. python benchmarks/bench_search.py --old-root /tmp/oldsekron --layers 6 --what layer
+
+``--what layer`` times what :func:`sekron.torch.compress` runs per layer instead (every family
+on the budget ladder, deterministic), and its error column is the best point within the budget.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def layer_set(kind: str, n: int) -> list[tuple[str, tuple[int, ...]]]:
     return [(first[s], s) for s in shapes]
 
 
-def worker(kind: str, name: str, ratio: float, repeat: int) -> dict[str, Any]:
+def worker(kind: str, name: str, ratio: float, repeat: int, what: str = "search") -> dict[str, Any]:
     import numpy as np
 
     from sekron import search
@@ -49,18 +53,26 @@ def worker(kind: str, name: str, ratio: float, repeat: int) -> dict[str, Any]:
 
     W = dict(conv_weights(kind))[name].astype(np.float64)
     search(np.random.default_rng(0).standard_normal((8, 8, 3, 3)), ratio=4)  # imports and first calls
-    times, err = [], None
+    times, err, params = [], None, None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        best = search(W, ratio=ratio)[0]
+        if what == "search":
+            best = search(W, ratio=ratio)[0]
+            err, params = best.error, best.params
+        else:  # compress's scoring of the layer: every family on the ladder; the best point within the budget
+            from sekron.structure_search._layer import layer_families
+
+            budget = W.size / ratio
+            fams = layer_families(W, budget, "sekron")
+            err, params = min((float(f.err[i]), int(f.params[i])) for f in fams
+                              for i in np.flatnonzero(f.params <= budget))
         times.append(time.perf_counter() - t0)
-        err = best.error
-    return {"seconds": statistics.median(times), "error": err, "params": best.params}
+    return {"seconds": statistics.median(times), "error": err, "params": params}
 
 
 def run(root: Path, args: argparse.Namespace, name: str) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--kind", args.kind,
-           "--ratio", str(args.ratio), "--repeat", str(args.repeat)]
+           "--ratio", str(args.ratio), "--repeat", str(args.repeat), "--what", args.what]
     proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(root), **THREADS), capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
@@ -75,12 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--ratio", type=float, default=4.0)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--what", default="search", choices=["search", "layer"],
+                   help="search: sekron.search (its ALS polish stops after 2 s); layer: compress's scoring of "
+                        "the layer (every family on the ladder, no time limit), best error within the budget")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.kind, args.worker, args.ratio, args.repeat)))
+        print(json.dumps(worker(args.kind, args.worker, args.ratio, args.repeat, args.what)))
         return 0
-    print(f"load before: {os.getloadavg()}")
+    print(f"{args.what} on {args.kind}, ratio {args.ratio}; load before: {os.getloadavg()}")
     head = f"{'layer':<40} {'shape':<18} {'old s':>8} {'new s':>8} {'old/new':>8} {'old error':>10} {'new error':>10}"
     print(head)
     print("-" * len(head))

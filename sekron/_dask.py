@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import using
-from ._validation import check_float_dtype, check_tol, max_abs
+from ._validation import check_float_dtype, check_size, check_tol, max_abs
 from .decomposition._decompose import (
     _cast_factors,
     _check_options,
@@ -406,9 +406,10 @@ def decompose_dask(x: Any, structure: Structure | Sequence[Sequence[int]], rank:
     if P1 * P1 * max(dtype.itemsize, 8) > _MAX_GRAM_BYTES:
         raise ValueError(
             f"factor 1 has P_1 = {P1} entries: its {P1} x {P1} Gram matrix would need "
-            f"{P1 * P1 * dtype.itemsize / 2**30:.1f} GiB; choose a smaller first factor (P_1 <= "
+            f"{P1 * P1 * max(dtype.itemsize, 8) / 2**30:.1f} GiB; choose a smaller first factor (P_1 <= "
             f"{math.isqrt(_MAX_GRAM_BYTES // 8)})"
         )
+    check_size(P1 * P1, "the first cut's Gram matrix", "choose a smaller first factor")
     n_cuts = max(st.n_factors - 1, 1)
     k = P1
     method = "gram" if choose_svd(svd, (1, P1, n), dtype, tol) is svd_gram else "qr"
@@ -434,6 +435,7 @@ def decompose_dask(x: Any, structure: Structure | Sequence[Sequence[int]], rank:
                 f"need about {need / 2**30:.1f} GiB, more than this machine's {memory / 2**30:.1f} GiB; "
                 "cap the first bond with rank= or raise tol"
             )
+        check_size(R * n, f"the remainder after the first cut (rank {R})", "cap the first bond with rank= or raise tol")
         U = V[:, :R]
         C = _second_pass(layout, U, n)
         return U[None], C[None], ranks

@@ -24,8 +24,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._progress import bar as progress_bar
+
 #: worker start method by default (see the module docstring)
 DEFAULT_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
+#: arrays above this size are scattered to a dask cluster instead of travelling inside the task
+#: (dask warns about task graphs with large embedded data from about 1 MB on)
+SCATTER_BYTES = 1 << 20
 
 
 def cpu_count() -> int:
@@ -125,12 +130,12 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], *, n_job
     order = sorted(range(n), key=lambda i: -sizes[i]) if sizes is not None else list(range(n))
     results: list[Any] = [None] * n
     dask = active_client(client)
-    bar = _bar(n, desc, progress)
+    bar = progress_bar(n, desc, progress)
     try:
         if dask is not None:
             from distributed import as_completed
 
-            futures = {dask.submit(fn, *tasks[i], pure=False): i for i in order}
+            futures = {dask.submit(fn, *_scattered(dask, tasks[i]), pure=False): i for i in order}
             for fut in as_completed(list(futures)):
                 results[futures[fut]] = fut.result()
                 bar.update(1)
@@ -166,19 +171,10 @@ def _daemonic() -> bool:
     return bool(multiprocessing.current_process().daemon)
 
 
-class _NoBar:
-    def update(self, k: int) -> None:
-        pass
+def _scattered(client: Any, args: tuple[Any, ...]) -> list[Any]:
+    """``args`` with every array of more than :data:`SCATTER_BYTES` sent to the cluster first.
 
-    def close(self) -> None:
-        pass
-
-
-def _bar(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with the torch extra
-        return _NoBar()
-    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+    dask's advice for large inputs: a future in place of the array keeps it out of the
+    task graph (which the scheduler holds and forwards), and the worker gets it directly.
+    """
+    return [client.scatter(a, direct=False) if getattr(a, "nbytes", 0) > SCATTER_BYTES else a for a in args]

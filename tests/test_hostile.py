@@ -42,6 +42,22 @@ def test_budget_is_adjustable(small_budget: int) -> None:
         sekron.set_max_elements(0)
 
 
+def test_every_dense_path_honours_the_budget(small_budget: int) -> None:
+    sk = sekron.random_sekron([(2**5, 2**5), (2**6, 2**5)], 1)  # 2^21 entries: below DENSE_LIMIT, above the budget
+    with pytest.raises(ValueError, match=r"numpy.asarray.*size budget of 1,000,000"):
+        np.asarray(sk)
+    vec = sekron.random_sekron([(2**11,), (2**10,)], 1)  # 1-D, 2^21 entries
+    with pytest.raises(ValueError, match=r"slice.*size budget"):
+        vec[:: 3]
+
+
+def test_dask_first_gram_honours_the_budget(small_budget: int) -> None:
+    da = pytest.importorskip("dask.array")
+    x = da.ones((2**11, 2**11), chunks=(2**11, 2**8))  # P_1 = 2^11: its Gram has 2^22 entries
+    with pytest.raises(ValueError, match=r"Gram matrix.*size budget"):
+        sekron.decompose(x, [(2**11, 1), (1, 2**11)], tol=0.1)
+
+
 def test_random_sekron_huge_rank_is_refused() -> None:
     with pytest.raises(ValueError, match="8,000,000,000 elements"):
         sekron.random_sekron([(2, 2), (2, 2)], 10**9)

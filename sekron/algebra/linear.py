@@ -18,14 +18,15 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import dispatch, using
-from .._validation import check_array
+from .._validation import check_array, check_size
 from ..linalg.contract import LabelAllocator, einsum2
 from ..sekron_tensor import SeKronTensor
 from ._common import backend_dtype, check_sk, dtype_name, like_structure, result_dtype
 
 __all__ = ["DENSE_LIMIT", "dense", "linear_operator", "matmul", "rmatmul", "transpose"]
 
-#: entries above which ``numpy.asarray(sk)`` refuses to form W (``sk.to_tensor()`` has no limit)
+#: entries above which ``numpy.asarray(sk)`` refuses to form W (``sk.to_tensor()`` goes up to the size budget,
+#: ``sekron.set_max_elements``, which caps both)
 DENSE_LIMIT = 1 << 27
 
 
@@ -220,6 +221,7 @@ def dense(sk: SeKronTensor, dtype: Any = None) -> np.ndarray:
         raise ValueError(f"numpy.asarray would form a dense array of {size} entries (shape {sk.shape}), above "
                          f"sekron.algebra.DENSE_LIMIT = {DENSE_LIMIT}; call sk.to_tensor() to form it anyway, or "
                          "compute in SeKron form (entries, slicing, @, inner)")
+    check_size(size, "numpy.asarray(sk)", "compute in SeKron form (entries, slicing, @, inner)")
     with using(sk._backend):
         W = tl.to_numpy(sk.to_tensor())
     W = np.asarray(W)

@@ -22,6 +22,7 @@ from ..linalg.svd import (
     choose_svd,
     gram_eigh,
     gram_top,
+    shares_eigh,
     svd_full,
     svd_gram,
     within_noise,
@@ -75,7 +76,8 @@ class Context:
         k = min(int(M.shape[-2]), int(M.shape[-1]))
         allowance = self.budget.allowance()
         top = None
-        if cap is not None and cap < PARTIAL_EIGH_FRACTION * k and not math.isfinite(allowance):
+        if cap is not None and not math.isfinite(allowance) and (
+                cap < PARTIAL_EIGH_FRACTION * k or (cap <= k and shares_eigh(M))):
             top = gram_top(M, cap)
         if top is not None:
             V, lam, tall, tail = top

@@ -22,6 +22,8 @@ import tensorly as tl
 #: Tikhonov term on the normal equations, relative to their trace: keeps them solvable
 #: when a factor loses rank, far below any error that matters
 RIDGE = 1e-12
+#: numpy normal equations with more than this many right-hand sides per unknown are solved through the inverse
+INVERSE_ROWS = 4
 
 MTTKRP = Callable[[list[Any], int], Any]
 
@@ -38,13 +40,18 @@ def _hadamard(grams: Sequence[Any], R: int, like: Any) -> Any:
 
 
 def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, tol: float,
-           order: Sequence[int] | None = None, deadline: float | None = None) -> list[Any]:
+           order: Sequence[int] | None = None, deadline: float | None = None, extrapolate: bool = False) -> list[Any]:
     """Refine the CP ``factors`` (each ``(d_n, R)``) of a tensor of squared norm ``norm_sq``.
 
     ``mttkrp(factors, n)`` returns ``M_n`` for the current factors. Each sweep updates the
     modes in ``order`` (default 0..N-1); it stops after ``n_iter`` sweeps or when the relative
     error changes by less than ``tol``, or after the sweep that passes ``deadline`` (a
     ``time.perf_counter()`` value, optional). Returns the new factors (the inputs are not modified).
+
+    With ``extrapolate``, each sweep after the first also tries the factors moved on along
+    that sweep's step, ``U_old + k^(1/3) (U_new - U_old)`` at sweep k (the line search of
+    Bro's thesis, 1998), and keeps them when their error (one more MTTKRP) is lower: in
+    swamps, where plain ALS creeps, this reaches a given error in far fewer sweeps.
 
     Examples
     --------
@@ -63,20 +70,53 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
     grams = [_gram(u) for u in U]
     eye = tl.eye(R, **{k: v for k, v in tl.context(U[0]).items() if k != "requires_grad"})
     last = math.inf
-    for _ in range(n_iter):
+    for it in range(n_iter):
+        start = list(U)
         for n in modes:
             V = _hadamard([g for m, g in enumerate(grams) if m != n], R, U[0])
             M = mttkrp(U, n)
             V = V + RIDGE * max(float(np.real(tl.to_numpy(tl.trace(V)))), 1e-300) * eye
-            U[n] = tl.transpose(tl.solve(tl.transpose(V, (1, 0)), tl.transpose(M, (1, 0))), (1, 0))
+            U[n] = _solve(V, M)
             grams[n] = _gram(U[n])
         inner = float(np.real(tl.to_numpy(tl.sum(M * tl.conj(U[n])))))
         approx_sq = float(np.real(tl.to_numpy(tl.sum(V * grams[n]))))
         err = math.sqrt(max(norm_sq - 2 * inner + approx_sq, 0.0) / norm_sq) if norm_sq > 0 else 0.0
+        if extrapolate and it > 0:
+            step = (it + 1) ** (1.0 / 3.0)
+            Ue = [a + step * (b - a) for a, b in zip(start, U)]
+            ge = [_gram(u) for u in Ue]
+            m = modes[-1]
+            Me = mttkrp(Ue, m)
+            inner_e = float(np.real(tl.to_numpy(tl.sum(Me * tl.conj(Ue[m])))))
+            approx_e = float(np.real(tl.to_numpy(tl.sum(_hadamard(ge, R, U[0])))))
+            err_e = math.sqrt(max(norm_sq - 2 * inner_e + approx_e, 0.0) / norm_sq) if norm_sq > 0 else 0.0
+            if err_e < err:
+                U, grams, err = Ue, ge, err_e
         if abs(last - err) < tol or (deadline is not None and time.perf_counter() >= deadline):
             break
         last = err
     return U
+
+
+def _solve(V: Any, M: Any) -> Any:
+    """``M V^{-1}`` for the (regularised, Hermitian positive definite) normal equations ``V``.
+
+    For numpy, LAPACK's solve is slow when the right-hand sides far outnumber the rank (a
+    level-2 triangular solve per row of ``M``): with more than :data:`INVERSE_ROWS` times ``R``
+    rows, ``M`` is multiplied by ``V``'s inverse (one matmul); otherwise a Cholesky solve, or
+    LU when ``V`` is not numerically positive definite. The choice depends only on the shapes
+    and on ``V``, so the result is the same on every run.
+    """
+    if not (isinstance(V, np.ndarray) and isinstance(M, np.ndarray)):
+        return tl.transpose(tl.solve(tl.transpose(V, (1, 0)), tl.transpose(M, (1, 0))), (1, 0))
+    if M.shape[0] > INVERSE_ROWS * V.shape[0]:
+        return M @ np.linalg.inv(V.T)
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    try:
+        return cho_solve(cho_factor(V.T, check_finite=False), M.T, check_finite=False).T
+    except LinAlgError:
+        return np.linalg.solve(V.T, M.T).T
 
 
 def dense_mttkrp(T: Any) -> MTTKRP:

@@ -9,9 +9,11 @@ error of keeping the first ``r`` terms is exactly ``sum_{i > r} s_i^2``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,9 @@ SKETCH_FRACTION = 0.5
 #: computing only the leading eigenpairs of a Gram matrix (:func:`gram_top`) pays when they
 #: are fewer than this fraction of all
 PARTIAL_EIGH_FRACTION = 0.5
+#: :func:`shared_eigh` serves only Gram matrices up to this size (beyond it a full eigen-decomposition
+#: costs more than the partial ones it replaces)
+SHARED_EIGH_MAX = 1536
 #: a quantity within this factor of the rounding noise ``eps`` (per term) counts as noise:
 #: an exact conversion drops singular values below ``NOISE_MARGIN * eps * s_max``, and a
 #: Gram-based SVD is refused when the error allowance is within it of the Gram's rounding
@@ -143,9 +148,78 @@ def gram_top(M: Any, rank: int) -> tuple[Any, Any, bool, float] | None:
     """
     if not isinstance(M, np.ndarray) or int(M.shape[0]) != 1:
         return None
+    full = _shared_eigh(M[0])
+    if full is not None:  # a shared unfolding: the leading part of its one full eigen-decomposition
+        V, lam, tall, trace = full
+        V, lam = V[:, :rank].copy(), lam[:rank].copy()  # copies: a caller may not alter the shared one
+        return V[None], lam[None], tall, max(trace - float(np.sum(np.maximum(lam, 0))), 0.0)
     G, tall = _gram(M[0])
     V, lam, tail = eigh_top(G, rank, overwrite=True)
     return V[None], lam[None], tall, tail
+
+
+# --- one eigen-decomposition per unfolding, shared by every truncation of it (the search) --------
+_SHARED: contextvars.ContextVar[tuple[int, dict[Any, Any]] | None] = contextvars.ContextVar(
+    "sekron_shared_eigh", default=None)
+
+
+@contextlib.contextmanager
+def shared_eigh(min_size: int) -> Iterator[None]:
+    """Within this block, :func:`gram_top` of any real numpy matrix with at least ``min_size`` entries
+    is the leading part of one full eigen-decomposition of its Gram matrix, computed once per content.
+
+    The structure search truncates the same unfoldings of a weight at many ranks (the rank
+    caps of TT, TR and Tucker at every budget, the SVD starts of CP-ALS at every rank): with
+    ``min_size = W.size`` each full-size unfolding's Gram matrix is formed and solved once. The
+    result of a call never depends on which calls came before it (the stored decomposition is
+    always the full one), so a search that skips some calls (a warm cache) returns the same values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> M = np.random.default_rng(0).standard_normal((1, 6, 20))
+    >>> with shared_eigh(M.size):
+    ...     V2, lam2, _, _ = gram_top(M, 2)
+    ...     V4, lam4, _, _ = gram_top(M, 4)
+    >>> bool(np.array_equal(lam4[0, :2], lam2[0])), bool(np.allclose(lam2, gram_top(M, 2)[1]))
+    (True, True)
+    """
+    token = _SHARED.set((int(min_size), {}))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def shares_eigh(M: Any) -> bool:
+    """Whether :func:`gram_top` of the single matrix ``M`` (1, m, n) is served by :func:`shared_eigh` here."""
+    active = _SHARED.get()
+    return (active is not None and isinstance(M, np.ndarray) and M.ndim == 3 and int(M.shape[0]) == 1
+            and M.size >= active[0] and M.dtype.kind == "f"
+            and min(int(M.shape[1]), int(M.shape[2])) <= SHARED_EIGH_MAX)
+
+
+def _shared_eigh(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float] | None:
+    """The full eigen-decomposition of ``M``'s Gram (decreasing), from the active :func:`shared_eigh` memo."""
+    active = _SHARED.get()
+    if active is None or not shares_eigh(M[None]):
+        return None
+    A = np.ascontiguousarray(M)
+    probes = active[1].get(("probe", A.size))
+    if probes is None:
+        probes = active[1][("probe", A.size)] = np.random.default_rng(A.size).standard_normal(A.size)
+    key = (A.shape, A.dtype.str, float(A.reshape(-1) @ probes))  # a cheap fingerprint; equality is checked
+    for stored, got in active[1].get(key, []):
+        if np.array_equal(stored, A):
+            return got
+    from scipy.linalg import eigh
+
+    G, tall = _gram(A)
+    trace = float(np.trace(G))
+    lam, V = eigh(G, overwrite_a=True, check_finite=False)
+    got = (np.ascontiguousarray(V[:, ::-1]), np.ascontiguousarray(lam[::-1]), tall, trace)
+    active[1].setdefault(key, []).append((A.copy() if A is M else A, got))
+    return got
 
 
 def eigh_top(G: np.ndarray, rank: int, *, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray, float]:

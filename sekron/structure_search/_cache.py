@@ -6,7 +6,9 @@ the content hash of the array it was computed from and the exact arguments of th
 
 - ``svals``: the squared singular values of an S = 2 grid's matrix ``R(W)`` (every rank);
 - ``level1``: the level-1 split ``(P_1 | P_2 P_3)`` of an S = 3 refinement (``s^2`` and rows ``C``);
-- ``cp``: the CP-ALS factors at one rank and sweep count, with the exact error ``decompose`` gives them;
+- ``cp``: the CP-ALS factors at one rank and sweep count (and the chain of ranks it was warm-started
+  from), with the exact error ``decompose`` gives them; keyed by the content of the CP problem (its
+  tensor, modes by decreasing size), so two grids that are the same problem share one fit;
 - ``caps``: one rank-capped TT / TR / Tucker decomposition (its ranks and error).
 
 A value is only ever reused for the same array content and the same arguments, so a
@@ -36,7 +38,7 @@ import numpy as np
 Entry = dict[str, np.ndarray]
 
 #: layout version of the on-disk cache (bumped when keys or entries change meaning)
-VERSION = 1
+VERSION = 2
 
 
 def weight_hash(W: np.ndarray) -> str:

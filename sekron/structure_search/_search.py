@@ -56,6 +56,7 @@ from .._backend import infer_backend, single_blas_thread, using
 from .._validation import check_array, check_choice
 from ..decomposition import decompose
 from ..decomposition._decompose import _power_of_two_scale
+from ..linalg.svd import shared_eigh
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure, _divisors, structures
 from . import _baselines as bl
@@ -305,7 +306,9 @@ def families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: S
     ``max(budget, *ladder, spectrum_top)`` parameters, and the ALS and rank-cap families are also
     evaluated at each budget of ``ladder`` (used by :func:`sekron.torch.compress`).
     """
-    with single_blas_thread(), using("numpy"):  # numpy throughout, whatever tensorly's global backend
+    # numpy throughout, whatever tensorly's global backend; each full-size unfolding's Gram matrix is
+    # solved once and shared by every truncation of it (rank caps, SVD starts of the ALS, level-1 splits)
+    with single_blas_thread(), using("numpy"), shared_eigh(W.size):
         return _families(W, budget, n_factors, patterns, baselines, ladder, spectrum_top)
 
 

@@ -1,0 +1,184 @@
+"""The faster search's pieces: one shared eigen-decomposition per unfolding, the CP-ALS solves, warm starts,
+and one fit per CP problem. Each is checked against the plain computation it replaces."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import tensorly as tl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sekron import Structure, decompose
+from sekron._backend import using
+from sekron.linalg.cp_als import INVERSE_ROWS, _solve
+from sekron.linalg.svd import gram_top, shared_eigh, shares_eigh
+from sekron.structure_search import _scoring as sc
+from sekron.structure_search._cache import SearchCache
+
+
+def _projector(V: np.ndarray) -> np.ndarray:
+    return V @ V.T
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(2, 9), n=st.integers(2, 9), r=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_shared_eigh_matches_partial_and_ignores_call_order(m: int, n: int, r: int, seed: int) -> None:
+    M = np.random.default_rng(seed).standard_normal((1, m, n)) * np.geomspace(1, 1e-3, m)[None, :, None]
+    k = min(m, n)
+    r = min(r, k)
+    plain = gram_top(M, r)
+    with shared_eigh(M.size):
+        assert shares_eigh(M)
+        first = gram_top(M, r)
+        gram_top(M, k)
+        again = gram_top(M, r)
+    with shared_eigh(M.size):  # a fresh memo, asked in another order: the same values, bitwise
+        gram_top(M, k)
+        other_order = gram_top(M, r)
+    assert plain is not None and first is not None and again is not None and other_order is not None
+    for a, b in ((first, again), (first, other_order)):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert a[3] == b[3]
+    scale = float(np.sum(M * M))
+    np.testing.assert_allclose(first[1], plain[1], rtol=1e-9, atol=1e-12 * scale)
+    assert first[2] == plain[2]
+    assert abs(first[3] - plain[3]) <= 1e-9 * scale
+    lam = plain[1][0]
+    if r < k and lam[r - 1] - np.append(lam, 0.0)[r] > 1e-6 * lam[0]:  # a gap: the same subspace
+        np.testing.assert_allclose(_projector(first[0][0]), _projector(plain[0][0]), atol=1e-6)
+
+
+def test_shared_eigh_serves_only_large_real_matrices() -> None:
+    M = np.random.default_rng(0).standard_normal((1, 6, 10))
+    with shared_eigh(M.size + 1):
+        assert not shares_eigh(M)  # smaller than the threshold
+    with shared_eigh(M.size):
+        assert shares_eigh(M)
+        got = gram_top(M, 2)
+        assert got is not None
+        got[0][...] = 0.0  # the caller's copy: the shared decomposition is untouched
+        again = gram_top(M, 2)
+        assert again is not None and np.any(again[0] != 0.0)
+        assert not shares_eigh(M.astype(np.complex128))
+        assert not shares_eigh(np.stack([M[0], M[0]]))  # a batch
+    assert not shares_eigh(M)  # outside the block
+
+
+@pytest.mark.parametrize("pattern, caps", [("chain", {"a": 3, "b": 4, "c": 2}), ("ring", None),
+                                           ("tucker", {"a": 3, "b": 2, "c": 2})])
+def test_rank_capped_decompose_same_error_with_shared_eigh(pattern: str, caps: dict | None) -> None:
+    W = np.random.default_rng(1).standard_normal((6, 5, 3, 3))
+    stc = getattr(Structure, {"chain": "tt", "ring": "tr", "tucker": "tucker"}[pattern])(W.shape)
+    if caps is None:
+        caps = {c: 2 for c in stc.bond_labels}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sk, err = decompose(W, stc, rank=caps, return_error=True)
+        with shared_eigh(W.size):
+            sk2, err2 = decompose(W, stc, rank=caps, return_error=True)
+    assert sk.rank == sk2.rank
+    if pattern != "ring":  # TT and Tucker errors do not depend on the signs of the singular vectors
+        assert abs(err - err2) <= 1e-10
+    # TR's first cut is split into two bonds, so another sign of a vector gives another (as valid) error
+    true = np.linalg.norm(W - np.asarray(sk2.to_tensor())) / np.linalg.norm(W)
+    assert abs(true - err2) <= 1e-10  # the recorded error is the reconstruction's
+
+
+@pytest.mark.parametrize("P, R", [(4 * 5 + 1, 5), (4 * 5, 5), (3, 12)])
+def test_normal_equation_solve_paths(P: int, R: int) -> None:
+    rng = np.random.default_rng(P * R)
+    A = rng.standard_normal((R + 3, R))
+    V = A.T @ A + 1e-3 * np.eye(R)
+    M = rng.standard_normal((P, R))
+    X = _solve(V, M)
+    np.testing.assert_allclose(X @ V, M, atol=1e-9)  # X V = M, whichever path (inverse when P > 4R)
+    assert (P > INVERSE_ROWS * R) == (P == 21)
+    with using("pytorch"):
+        import torch
+
+        Xt = _solve(tl.tensor(V), tl.tensor(M))
+        assert isinstance(Xt, torch.Tensor)
+        np.testing.assert_allclose(Xt.numpy(), X, atol=1e-9)
+
+
+def test_singular_normal_equations_fall_back_to_lu() -> None:
+    V = np.diag([1.0, 1.0, 0.0]) - 1e-14 * np.eye(3)  # not positive definite: Cholesky refuses
+    M = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(_solve(V, M), np.linalg.solve(V.T, M.T).T)
+
+
+def _known_rank(shape: tuple[int, ...], R: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return tl.cp_to_tensor((None, [rng.standard_normal((d, R)) for d in shape]))
+
+
+def _rel(T: np.ndarray, facs: list[np.ndarray]) -> float:
+    return float(np.linalg.norm(T - tl.cp_to_tensor((None, facs))) / np.linalg.norm(T))
+
+
+@pytest.mark.parametrize("shape", [(7, 6, 5), (9, 4, 3, 5)])
+def test_warm_start_reaches_a_known_rank_as_well_as_a_cold_start(shape: tuple[int, ...]) -> None:
+    T = _known_rank(shape, 4, seed=len(shape))
+    low = sc.fast_als(T, 2, 60)
+    start = sc.warm_start(T, low, 4)
+    for k, f in enumerate(start):
+        assert f.shape == (shape[k], 4)
+        np.testing.assert_array_equal(f[:, :2], low[k])  # the rank-2 fit is kept as it is
+    warm = _rel(T, sc.fast_als(T, 4, 300, tol=1e-12, init=start))
+    cold = _rel(T, sc.fast_als(T, 4, 300, tol=1e-12))
+    assert warm <= max(cold, 1e-6)
+    assert warm < 1e-4
+
+
+def test_warm_start_beyond_an_unfoldings_rank_is_seeded() -> None:
+    T = _known_rank((8, 3, 2), 2, seed=5)  # mode 2 has 2 rows: columns beyond them are random, seeded
+    low = sc.fast_als(T, 2, 20)
+    a, b = sc.warm_start(T, low, 5), sc.warm_start(T, low, 5)
+    for x, y in zip(a, b):
+        assert np.all(np.isfinite(x))
+        np.testing.assert_array_equal(x, y)
+
+
+def test_one_fit_per_cp_problem_and_each_family_reproduces_its_error() -> None:
+    W = np.random.default_rng(2).standard_normal((6, 5, 3, 3))
+    a = Structure([(6, 1, 1, 1), (1, 5, 1, 1), (1, 1, 3, 3)], "cp")
+    b = Structure([(1, 5, 1, 1), (1, 1, 3, 3), (6, 1, 1, 1)], "cp")  # the same modes in another order
+    cache = SearchCache()
+    with cache.using(W):
+        fa = sc.cp_family(W, a, [2, 4, 8])
+    misses = cache.misses
+    with cache.using(W):
+        fb = sc.cp_family(W, b, [2, 4, 8])
+    assert cache.misses == misses  # the permuted problem is the one already fitted
+    fresh = sc.cp_family(W, b, [2, 4, 8])  # no cache: computed again, the same values
+    np.testing.assert_array_equal(fb.err, fresh.err)
+    np.testing.assert_allclose(fa.err, fb.err, rtol=1e-10)
+    assert np.all(np.diff(fa.err) < 0)  # each rank (warm-started from the one below) fits better
+    for fam in (fa, fb):
+        for i in range(len(fam.params)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                sk, err = decompose(W, fam.structure, return_error=True, **fam.options(i))
+            assert abs(err - fam.err[i]) <= 1e-10
+            assert sk.n_params == fam.params[i]
+
+
+def _als_errors(T: np.ndarray, R: int, sweeps: int, extrapolate: bool) -> list[float]:
+    return [_rel(T, sc.fast_als(T, R, k, tol=0.0, extrapolate=extrapolate)) for k in range(1, sweeps + 1)]
+
+
+def test_extrapolated_als_never_raises_the_error_and_gets_further() -> None:
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((8, 3))
+    collinear = [np.column_stack([A[:, 0], A[:, 0] + 0.1 * A[:, 1], A[:, 2]])] + [
+        rng.standard_normal((d, 3)) for d in (7, 6)]  # nearly collinear components: a swamp for plain ALS
+    T = tl.cp_to_tensor((None, collinear)) + 1e-3 * rng.standard_normal((8, 7, 6))
+    fast = _als_errors(T, 3, 25, True)
+    plain = _als_errors(T, 3, 25, False)
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(fast))  # a move is kept only when it lowers the error
+    assert fast[-1] <= plain[-1]
