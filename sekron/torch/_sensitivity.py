@@ -144,8 +144,9 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
             _, new, r = best
             work.set_submodule(name, new)
             got = _outputs(work, batches)
-            pts.append((int(r[0].params[r[1]]), sum(float(((g - r_).double() ** 2).sum())
-                                                    for g, r_ in zip(got, ref)) / norm, r))
+            size = int(f.params[i]) if r is refs[0] else int(r[0].params[r[1]])  # the frontier's own cost unit
+            pts.append((size, sum(float(((g - r_).double() ** 2).sum())
+                              for g, r_ in zip(got, ref)) / norm, r))
         work.set_submodule(name, dense)
         out.append(_interpolated(f, pts))
     return out

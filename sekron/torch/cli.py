@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..cli import check_output
-from .compress import ALLOCATIONS, METHODS, OBJECTIVES, compress
+from .compress import ALLOCATIONS, BUDGETS, METHODS, OBJECTIVES, compress
 
 
 def _factory(spec: str) -> Callable[[], nn.Module]:
@@ -132,7 +132,11 @@ def load_calibration(path: str) -> torch.Tensor:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sekron compress", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("model", help="state dict (with --arch) or pickled nn.Module (with --allow-pickle)")
-    p.add_argument("--ratio", type=float, required=True, help="parameters before / after, > 1")
+    p.add_argument("--ratio", type=float, required=True, help="parameters (or, with --budget macs, deployed MACs) "
+                   "before / after, > 1")
+    p.add_argument("--budget", choices=list(BUDGETS), default="params",
+                   help="what --ratio divides: the parameters, or the MACs of the deployed model (needs "
+                   "--input-shape or --calibration)")
     p.add_argument("-o", "--output", required=True, help="where to write the compressed state dict")
     p.add_argument("--arch", help="'package.module:factory' or 'file.py:factory' building the dense model")
     p.add_argument("--allow-pickle", action="store_true", help="load a whole pickled nn.Module (trusted files only)")
@@ -207,7 +211,7 @@ def compress_main(argv: Sequence[str] | None = None) -> int:
                                  skip_first=args.skip_first, min_kernel_size=args.min_kernel_size,
                                  input_shape=shape, inplace=True, progress=not args.quiet, n_jobs=args.jobs,
                                  cache_dir=args.cache_dir, calibration=calibration, objective=args.objective,
-                                 allocation=args.allocation, max_samples=args.max_samples)
+                                 allocation=args.allocation, max_samples=args.max_samples, budget=args.budget)
     except (ValueError, TypeError, OSError) as exc:
         print(f"sekron compress: error: {exc}", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ from ._report import CompressionReport
 from ._sensitivity import sensitivity_frontiers
 from .calibrate import SOLVERS, calibration_batches, execution_order, fit_layer, gram_bytes, stream_group_grams
 from .calibrate import refit_dense as refit_dense_layer
+from .export import candidate_deployment, deployed_cost
 from .layers import LAYERS, _as_pointwise
 
 ALLOCATIONS = ("error", "uniform", "sensitivity")
@@ -53,6 +54,10 @@ OBJECTIVES = ("weight", "output")
 #: default: a group's later layers are fitted on inputs from unfitted predecessors, which
 #: cost 2.5 dB on one Real-ESRGAN block and spoiled the refit of a small CNN's last layer.
 FIT_GROUP_BYTES = 64 * 2 ** 20
+#: what ``ratio`` divides: the model's parameters, or the MACs of its deployed form (``to_standard``)
+BUDGETS = ("params", "macs")
+#: with budget="macs", at most this many rank points per scored structure are priced by their deployment
+DEPLOY_POINTS = 12
 
 
 @dataclass
@@ -149,6 +154,26 @@ def _sekron_macs(layer: _Layer, cand: Candidate) -> int | None:
     return candidate_macs(cand.structure, cand.rank, layer.in_shape, mod.stride, mod.padding, mod.dilation)
 
 
+def _thin(fam: Any, n: int) -> set[int]:
+    """At most ``n`` points of a family to cost by deployed MACs: its (params, error) Pareto points, log-spaced.
+
+    Within one structure the deployed MACs grow with the ranks as the parameters do, so
+    the family's own Pareto points carry its MAC frontier; pricing each deployment takes
+    milliseconds, so a layer's hundreds of rank points are thinned first.
+    """
+    idx = sorted(range(len(fam.params)), key=lambda i: (fam.params[i], fam.err[i]))
+    front, best = [], np.inf
+    for i in idx:
+        if fam.err[i] < best - 1e-15:
+            front.append(i)
+            best = fam.err[i]
+    if len(front) <= n:
+        return set(front)
+    logp = np.log(np.maximum(fam.params[front].astype(float), 1.0))
+    marks = np.linspace(logp[0], logp[-1], n)
+    return {front[int(np.argmin(np.abs(logp - m)))] for m in marks}
+
+
 def _weight64(module: Any) -> np.ndarray:
     with torch.no_grad():
         return np.asarray(module.weight.detach().to("cpu", torch.float64).numpy())
@@ -169,8 +194,12 @@ def _cache_of(cache: Any, cache_dir: str | None) -> SearchCache | None:
     return default_cache(cache_dir)
 
 
-def _row(layer: _Layer, cand: Candidate | None, status: str) -> dict[str, Any]:
+def _row(layer: _Layer, cand: Candidate | None, status: str, new: nn.Module | None = None) -> dict[str, Any]:
     w = layer.module.weight
+    if new is None:
+        deployed: tuple[int | None, int] = (_dense_macs(layer), int(w.numel()))
+    else:
+        deployed = deployed_cost(new, layer.in_shape)
     return {
         "name": layer.name, "type": type(layer.module).__name__, "shape": list(w.shape), "status": status,
         "structure": None if cand is None else [list(s) for s in cand.structure.factor_shapes],
@@ -180,6 +209,7 @@ def _row(layer: _Layer, cand: Candidate | None, status: str) -> dict[str, Any]:
         "macs_before": _dense_macs(layer),
         "macs_after": _dense_macs(layer) if cand is None else _sekron_macs(layer, cand),
         "error": 0.0 if cand is None else cand.error,
+        "deployed_macs": deployed[0], "deployed_params": deployed[1],
     }
 
 
@@ -203,21 +233,23 @@ def _resolve(calibration: Any, objective: str | None, allocation: str | None) ->
 
 def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include: Sequence[str] | None = None,
              exclude: Sequence[str] | None = None, skip_first: bool = True, min_kernel_size: int = 1024,
-             input_shape: Sequence[int] | None = None, allocation: str | None = None,
+             input_shape: Sequence[int] | None = None, budget: str = "params", allocation: str | None = None,
              calibration: Any = None, objective: str | None = None, max_samples: int = 32768,
              solver: str = "als", fit_steps: int = 15, sensitivity_steps: int = 5, refit_dense: bool = True,
              batch_size: int = 64, seed: int = 0, implementation: str = "auto", inplace: bool = False,
              progress: bool = True, n_jobs: int = -1, client: Any = None, cache: bool | SearchCache = True,
              cache_dir: str | None = None, fold_batchnorm: bool | None = None,
              structures: int = 1, fit_group_bytes: int = 0) -> tuple[nn.Module, CompressionReport]:
-    """Replace conv and linear layers by SeKron layers so that the model has ``ratio`` times fewer parameters.
+    """Replace conv and linear layers by SeKron layers so that the model has ``ratio`` times fewer parameters or MACs.
 
     Parameters
     ----------
     model : torch.nn.Module
         Copied first (``copy.deepcopy``) unless ``inplace``.
     ratio : float > 1
-        Parameters of the whole model before / after (biases, norms and skipped layers count).
+        Parameters of the whole model before / after (biases, norms and skipped layers
+        count); with ``budget="macs"``, the MACs of the model's convs and linears before /
+        after deployment (:func:`sekron.torch.to_standard`).
     method : {"sekron", "tt", "tr", "cp", "tucker"}
         "sekron" searches S = 2 and 3 SeKron structures (nested, chain, cp, tucker) and
         the axis-aligned baselines; the others use only that axis-aligned format.
@@ -230,7 +262,17 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         Layers with fewer weight entries stay dense.
     input_shape : sequence of int, optional
         Model input shape; one forward pass on zeros records each layer's input, so the
-        report gives MACs before and after (from :func:`sekron.conv_cost`).
+        report gives MACs before and after (from :func:`sekron.conv_cost`) and deployed.
+    budget : {"params", "macs"}
+        What ``ratio`` divides. "params": the model's parameters (each candidate costs its
+        factors). "macs": the MACs of the deployed model, as ``to_standard(model)`` (with
+        ``implementation="auto"``) deploys it at the layers' real input sizes (from
+        ``input_shape``, else the first calibration batch; one of them is needed): every
+        candidate costs the MACs of the grouped convs it deploys as (repeated blocks and
+        carried digits included), a candidate that deploys no cheaper than the dense layer
+        is never picked, and each compressed layer is built with the stage order of that
+        deployment (``implementation="factorized"``), so the deployed model has exactly
+        the MACs the allocation paid for (the report's ``deployed_macs``).
     allocation : {"error", "uniform", "sensitivity"}, optional
         "error": least sum of squared relative weight errors for the budget (module
         docstring); "uniform": the same per-layer ratio everywhere; "sensitivity": least
@@ -267,7 +309,8 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     seed : int
         Seed of the position subsampling.
     implementation : {"auto", "factorized", "dense"}
-        Forward plan of the new layers.
+        Forward plan of the new layers ("dense" is refused with ``budget="macs"``, whose
+        layers deploy their factorized stages).
     progress : bool
         Show a tqdm progress bar over the layers (with an ETA); none when tqdm is not installed.
     n_jobs : int
@@ -315,6 +358,10 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     Returns
     -------
     (model, CompressionReport)
+        Every row holds ``deployed_macs`` and ``deployed_params`` (what ``to_standard``
+        deploys for the layer: MACs on its recorded input, None without shapes, and conv
+        weight entries); ``totals`` holds them for the model (``deployed_params`` counts
+        every parameter, biases and norms too) and ``deployed_macs_ratio``.
         With calibration the report's rows also hold ``sensitivity`` (relative change of
         the network output with only that layer compressed), ``output_error_weight_fit``
         and ``output_error`` (relative output error of the layer before / after the fit).
@@ -334,6 +381,13 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     True
     """
     ratio = _check_ratio(ratio)
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {list(BUDGETS)} (what ratio divides: the parameters, or the MACs "
+                         f"of the deployed model), got {budget!r}")
+    if budget == "macs" and implementation == "dense":
+        raise ValueError("budget='macs' counts the MACs of the deployed factorized stages, but implementation='dense' "
+                         "would deploy every layer as a formed dense kernel; use implementation='auto' (or "
+                         "'factorized') with budget='macs', or budget='params'")
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     objective, allocation = _resolve(calibration, objective, allocation)
@@ -346,6 +400,9 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     if isinstance(structures, bool) or not isinstance(structures, int) or structures < 1:
         raise ValueError(f"structures must be an int >= 1 (structures output-fitted per measured size), got "
                          f"{structures!r}")
+    if structures > 1 and budget == "macs":
+        raise ValueError("structures > 1 compares structures at equal parameter counts; with budget='macs' each "
+                         "layer keeps the structure its deployed MACs price (use structures=1, or budget='params')")
     if isinstance(fit_group_bytes, bool) or not isinstance(fit_group_bytes, int) or fit_group_bytes < 0:
         raise ValueError("fit_group_bytes must be an int >= 0 (bytes of Gram matrices streamed together; 0 = one "
                          f"layer at a time), got {fit_group_bytes!r}")
@@ -362,19 +419,33 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     if fold_batchnorm or (fold_batchnorm is None and batches is not None):
         folded = _fold(model, batches, input_shape, force=bool(fold_batchnorm))
     layers = _select(model, include, exclude, skip_first, int(min_kernel_size))
+    if budget == "macs" and input_shape is None:
+        if batches is None:
+            raise ValueError("budget='macs' costs every layer at its real input size and needs the model's input "
+                             "shape: pass input_shape=(1, C, H, W) (batch first) or calibration=<inputs>, or use "
+                             "budget='params'")
+        input_shape = (1, *batches[0].shape[1:])
     if input_shape is not None:
         _record_shapes(model, layers, input_shape)
+    if budget == "macs":
+        for layer in layers:
+            if layer.skip is None and layer.in_shape is None:
+                layer.skip = "never runs on the input (no MACs to save)"
     chosen = [layer for layer in layers if layer.skip is None]
     if not chosen:
         raise ValueError("no layer is eligible for compression (all skipped: "
                          f"{ {layer.name: layer.skip for layer in layers} }); adjust include/exclude/min_kernel_size")
     total = total_given
     dense = sum(int(layer.module.weight.numel()) for layer in chosen)
-    target = total / ratio
-    room = target - (sum(int(p.numel()) for p in model.parameters()) - dense)  # folded BatchNorms free theirs
+    unit, whole, current = "parameters", total, sum(int(p.numel()) for p in model.parameters())
+    if budget == "macs":
+        whole = sum(_dense_macs(layer) or 0 for layer in layers)
+        dense, unit, current = sum(_dense_macs(layer) or 0 for layer in chosen), "MACs", whole
+    target = whole / ratio
+    room = target - (current - dense)  # with budget "params", folded BatchNorms free their parameters
     if room <= 0:
-        raise ValueError(f"ratio {ratio} is impossible: the {total - dense:,} parameters that stay dense already "
-                         f"exceed the target of {target:,.0f} (model has {total:,}); lower the ratio or compress "
+        raise ValueError(f"ratio {ratio} is impossible: the {whole - dense:,} {unit} that stay dense already "
+                         f"exceed the target of {target:,.0f} (model has {whole:,}); lower the ratio or compress "
                          "more layers")
     for layer in chosen:  # before any work: a NaN would otherwise surface as a raw LinAlgError deep in an SVD
         with torch.no_grad():
@@ -392,16 +463,41 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     results = run_tasks(layer_task, tasks, n_jobs=n_jobs, client=client, sizes=[t[0].size for t in tasks],
                         progress=progress, desc=f"sekron compress ({method})")
     frontiers, hits, misses, families = [], 0, 0, []
-    for task, whash, (plain, new, h, m) in zip(tasks, hashes, results):
+    orders: dict[tuple[str, Any, Any, Any], tuple[int, ...] | None] = {}  # deployed stage order per candidate
+    for layer, task, whash, (plain, new, h, m) in zip(chosen, tasks, hashes, results):
         if store is not None:
             store.update(whash, new)
             store.hits, store.misses = store.hits + h, store.misses + m
         hits, misses = hits + h, misses + m
-        families.append([family_from_plain(p) for p in plain])
-        frontiers.append(Frontier.from_families(families[-1], task[0].size))
+        fams = [family_from_plain(p) for p in plain]
+        families.append(fams)
+        if budget == "params":
+            frontiers.append(Frontier.from_families(fams, task[0].size))
+            continue
+        deployed: dict[Any, int] = {}
+        dense_cost = _dense_macs(layer) or 0
+        kept = {id(f): _thin(f, DEPLOY_POINTS) for f in fams}
+
+        def cost(fam: Any, i: int, layer: _Layer = layer, deployed: dict[Any, int] = deployed,
+                 kept: dict[int, set[int]] = kept, dense_cost: int = dense_cost) -> int:
+            if i not in kept[id(fam)]:
+                return dense_cost  # not costed: never on the frontier
+            rank = fam.rank(i)
+            key = (layer.name, fam.structure.factor_shapes, fam.structure.labels, tuple(sorted(rank.items())))
+            if key not in deployed:
+                macs, _, orders[key] = candidate_deployment(fam.structure, rank, layer.module, layer.in_shape)
+                assert macs is not None
+                deployed[key] = macs
+            return deployed[key]
+
+        frontiers.append(Frontier.from_families(fams, dense_cost, cost))
+
     def build(layer: _Layer, cand: Candidate) -> nn.Module:
         kind = LAYERS[type(layer.module)]
         make = kind.from_linear if kind.__name__ == "SeKronLinear" else kind.from_conv  # type: ignore[attr-defined]
+        if budget == "macs":  # the stages the allocation paid for: to_standard deploys exactly this order
+            key = (layer.name, cand.structure.factor_shapes, cand.structure.labels, tuple(sorted(cand.rank.items())))
+            return make(layer.module, cand, implementation="factorized", order=orders[key])  # type: ignore[no-any-return]
         return make(layer.module, cand, implementation=implementation)  # type: ignore[no-any-return]
 
     was_training = model.training
@@ -415,6 +511,14 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
             progress=lambda it: show_progress(it, desc="sekron sensitivity", enabled=progress),
             fit_steps=int(sensitivity_steps) if objective == "output" else 0, solver=solver,
             max_samples=max_samples, seed=int(seed), families=families, structures=structures)
+    if budget == "macs" and sum(int(f.cost[0]) for f in alloc_frontiers) > room:
+        stuck = [layer.name for layer, f in zip(chosen, alloc_frontiers) if f.refs[0] is None]
+        raise ValueError(f"ratio {ratio} of the deployed MACs is out of reach: even the cheapest deployments leave "
+                         f"{sum(int(f.cost[0]) for f in alloc_frontiers) + whole - dense:,} of {whole:,} MACs; "
+                         f"{len(stuck)} layers have no candidate that deploys cheaper than the dense layer "
+                         f"({stuck[:5]}{'...' if len(stuck) > 5 else ''}; method={method!r}). Lower the ratio, "
+                         "compress more layers, or use method='sekron' (its two-factor structures deploy as plain "
+                         "conv pairs)")
     picks = (uniform if allocation == "uniform" else allocate)(alloc_frontiers, room)
     uniform_err = float(sum(f.err2[i] for f, i in zip(frontiers, uniform(frontiers, room))))
     reference = copy.deepcopy(model).eval() if objective == "output" else None
@@ -432,7 +536,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         err += cand.error ** 2
         new = build(layer, cand)
         model.set_submodule(layer.name, new)
-        rows.append(_row(layer, cand, "compressed"))
+        rows.append(_row(layer, cand, "compressed", new))
         if allocation == "sensitivity":
             rows[-1]["sensitivity"] = math.sqrt(max(float(f.err2[i]), 0.0))
         built.append((layer, new, rows[-1]))
@@ -447,12 +551,19 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
             model.train(was_training)
     after = sum(int(p.numel()) for p in model.parameters())
     macs = [r["macs_before"] for r in rows]
+    deployed_macs = [r["deployed_macs"] for r in rows]
+    deployed_params = after - sum(r["params_after"] for r in rows if r["status"] == "compressed") + sum(
+        r["deployed_params"] for r in rows if r["status"] == "compressed")
     totals = {"params_before": total, "params_after": after, "ratio": total / after, "target_ratio": ratio,
               "layers_compressed": sum(1 for r in rows if r["status"] == "compressed"), "method": method,
               "allocation": allocation, "objective": objective, "sq_error": err, "uniform_sq_error": uniform_err,
               "cache_hits": hits, "cache_misses": misses,
               "macs_before": None if None in macs else sum(macs),
               "macs_after": None if None in macs else sum(r["macs_after"] for r in rows),
+              "budget": budget, "deployed_params": deployed_params,
+              "deployed_macs": None if None in deployed_macs else sum(deployed_macs),
+              "deployed_macs_ratio": None if None in macs or None in deployed_macs or not sum(deployed_macs)
+              else sum(macs) / sum(deployed_macs),
               "calibration_seconds": None if batches is None else time.perf_counter() - t0,
               "calibration_inputs": None if batches is None else sum(int(b.shape[0]) for b in batches),
               "folded_batchnorm": folded}

@@ -31,7 +31,16 @@ import torch
 from torch import nn
 
 from ..convolution import _plan as cp
-from .layers import SeKronConv1d, SeKronConv2d, SeKronConv3d, SeKronLinear, _plan, _SeKronBase, _SeKronConvNd
+from .layers import (
+    NOMINAL_SPATIAL,
+    SeKronConv1d,
+    SeKronConv2d,
+    SeKronConv3d,
+    SeKronLinear,
+    _plan,
+    _SeKronBase,
+    _SeKronConvNd,
+)
 
 IMPLEMENTATIONS = ("auto", "factorized", "dense")
 #: orders tried when the layer's own stage order needs a widened arc (at most this many factors)
@@ -65,6 +74,9 @@ class DeployStage:
     outs: tuple[str, ...]
     carried: tuple[str, ...]
     macs: int
+    #: conv weight entries (``groups * outs * ins * taps``): the stage's MACs per output position
+    weights: int = 0
+    n_groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,25 @@ def _rotation(L: tuple[str, ...], target: tuple[str, ...]) -> int | None:
     return None
 
 
+def stage_spatial(factor_shapes: Sequence[Sequence[int]], labels: Sequence[str], ranks: dict[str, int],
+                  order: Sequence[int], spatial: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+                  pads: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
+    """Spatial size before the first stage (padded) and after each stage of a deployed factorized conv."""
+    S = len(factor_shapes)
+    D = len(factor_shapes[0]) - 2
+    sp = tuple(int(L) + lo + hi for L, (lo, hi) in zip(spatial, pads))
+    stride_at = cp._stride_stages(cp.KernelSpec(tuple(tuple(int(v) for v in fs) for fs in factor_shapes),
+                                                tuple(labels), tuple(sorted(ranks.items()))), tuple(order))
+    sps = [sp]
+    for i, k in enumerate(order):
+        h = factor_shapes[k][2:]
+        dil = [d * math.prod(factor_shapes[j][2 + n] for j in range(k + 1, S)) for n, d in enumerate(dilation)]
+        st = [stride[n] if stride_at[n] == i else 1 for n in range(D)]
+        sp = tuple((L - dd * (hh - 1) - 1) // s + 1 for L, dd, hh, s in zip(sp, dil, h, st))
+        sps.append(sp)
+    return sps
+
+
 def deploy_plan(factor_shapes: Sequence[Sequence[int]], labels: Sequence[str], ranks: dict[str, int],
                 order: Sequence[int], spatial: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
                 pads: Sequence[tuple[int, int]]) -> DeployPlan:
@@ -115,17 +146,13 @@ def deploy_plan(factor_shapes: Sequence[Sequence[int]], labels: Sequence[str], r
     ([((), ('c0',), ('ra',)), ((), ('ra',), ('f1',))], 0)
     """
     S = len(factor_shapes)
-    D = len(factor_shapes[0]) - 2
     size: dict[str, int] = {"r" + b: int(n) for b, n in ranks.items()}
     for k, fs in enumerate(factor_shapes):
         size[f"f{k}"], size[f"c{k}"] = int(fs[0]), int(fs[1])
     big = [lab for lab in size if size[lab] > 1]
     info = []
     opened: set[str] = set()
-    sp = tuple(int(L) + lo + hi for L, (lo, hi) in zip(spatial, pads))
-    stride_at = cp._stride_stages(cp.KernelSpec(tuple(tuple(int(v) for v in fs) for fs in factor_shapes),
-                                                tuple(labels), tuple(sorted(ranks.items()))), tuple(order))
-    sps = [sp]
+    sps = stage_spatial(factor_shapes, labels, ranks, order, spatial, stride, dilation, pads)
     for i, k in enumerate(order):
         later = order[i + 1:]
         bonds = labels[k]
@@ -134,12 +161,7 @@ def deploy_plan(factor_shapes: Sequence[Sequence[int]], labels: Sequence[str], r
         closed = ["r" + b for b in bonds if b in opened and b not in later_users]
         ins = frozenset(lab for lab in [f"c{k}", *closed] if lab in big)
         outs = tuple(lab for lab in [f"f{k}", *new] if lab in big)
-        h = factor_shapes[k][2:]
-        dil = [d * math.prod(factor_shapes[j][2 + n] for j in range(k + 1, S)) for n, d in enumerate(dilation)]
-        st = [stride[n] if stride_at[n] == i else 1 for n in range(D)]
-        sp = tuple((L - dd * (hh - 1) - 1) // s + 1 for L, dd, hh, s in zip(sp, dil, h, st))
-        sps.append(sp)
-        info.append((k, ins, outs, math.prod(h)))
+        info.append((k, ins, outs, math.prod(factor_shapes[k][2:])))
         opened |= set(bonds)
     final = tuple(f"f{k}" for k in range(S) if f"f{k}" in big)
     start = tuple(f"c{k}" for k in range(S) if f"c{k}" in big)
@@ -196,12 +218,13 @@ def deploy_plan(factor_shapes: Sequence[Sequence[int]], labels: Sequence[str], r
     score, choices = go(0, start)
     stages = []
     L = start
-    for (k, ins, _outs, _taps), (t, m, O, macs) in zip(info, choices):
+    for (k, ins, _outs, taps), (t, m, O, macs) in zip(info, choices):
         n = len(L)
         R = L[t:] + L[:t]
         G, A = R[:n - m], R[n - m:]
         stages.append(DeployStage(k, None if t == 0 else prod(L[:t]), G, A, O,
-                                  tuple(lab for lab in A if lab not in ins), macs))
+                                  tuple(lab for lab in A if lab not in ins), macs,
+                                  prod(G) * prod(O) * prod(A) * taps, prod(G)))
         L = G + O
     t_final = choices[-1]
     go.cache_clear()
@@ -243,14 +266,17 @@ def _stage_weight(factor: torch.Tensor, k: int, bonds: str, stage: DeployStage, 
 
 
 # --- layers ----------------------------------------------------------------------------
-def _resolve_pads(layer: _SeKronConvNd) -> tuple[tuple[int, int], ...]:
-    K, dil = layer.kernel_size, layer.dilation
-    if isinstance(layer.padding, str):
-        if layer.padding == "valid":
-            return ((0, 0),) * len(K)
-        totals = [d * (k - 1) for d, k in zip(dil, K)]
+def _pads(kernel_size: Sequence[int], padding: Any, dilation: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * len(kernel_size)
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
         return tuple((t // 2, t - t // 2) for t in totals)
-    return tuple((int(p), int(p)) for p in layer.padding)
+    return tuple((int(p), int(p)) for p in padding)
+
+
+def _resolve_pads(layer: _SeKronConvNd) -> tuple[tuple[int, int], ...]:
+    return _pads(layer.kernel_size, layer.padding, layer.dilation)
 
 
 def _sizes(layer: _SeKronBase, factors: Sequence[torch.Tensor]) -> dict[str, int]:
@@ -263,18 +289,180 @@ def _sizes(layer: _SeKronBase, factors: Sequence[torch.Tensor]) -> dict[str, int
     return size
 
 
-def _choose_plan(layer: _SeKronBase, kernel_shapes: Sequence[Sequence[int]], order: tuple[int, ...],
-                 spatial: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
-                 pads: Sequence[tuple[int, int]], size: dict[str, int]) -> DeployPlan:
-    st = layer.structure
-    ranks = {lab[1:]: n for lab, n in size.items() if lab[0] == "r"}
-    plan = deploy_plan(kernel_shapes, st.labels, ranks, order, spatial, stride, dilation, pads)
-    if any(s.carried for s in plan.stages) and st.n_factors <= ORDER_SEARCH_MAX_FACTORS:
-        for other in itertools.permutations(range(st.n_factors)):
-            cand = deploy_plan(kernel_shapes, st.labels, ranks, other, spatial, stride, dilation, pads)
+def _choose_plan(factor_shapes: Sequence[Sequence[int]], labels: Sequence[str], ranks: dict[str, int],
+                 order: tuple[int, ...] | None, spatial: Sequence[int], stride: Sequence[int],
+                 dilation: Sequence[int], pads: Sequence[tuple[int, int]]) -> DeployPlan:
+    """The plan in ``order``, or the least modelled one over all orders when it needs carried digits.
+
+    ``order=None`` starts from the natural order; the order of the plan returned, given
+    back, yields the same plan.
+    """
+    S = len(factor_shapes)
+    first = tuple(range(S)) if order is None else tuple(order)
+    plan = deploy_plan(factor_shapes, labels, ranks, first, spatial, stride, dilation, pads)
+    if any(s.carried for s in plan.stages) and S <= ORDER_SEARCH_MAX_FACTORS:
+        for other in itertools.permutations(range(S)):
+            cand = deploy_plan(factor_shapes, labels, ranks, other, spatial, stride, dilation, pads)
             if cand.score < plan.score:
                 plan = cand
     return plan
+
+
+def _nominal(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
+    """The spatial size per axis that deployment layouts are chosen for (as the layers' planner)."""
+    return tuple(max(NOMINAL_SPATIAL, 2 * d * (K - 1) + 2) for d, K in zip(dilation, kernel_size))
+
+
+def _deployment(factor_shapes: tuple[tuple[int, ...], ...], labels: tuple[str, ...],
+                ranks: tuple[tuple[str, int], ...], order: tuple[int, ...] | None, stride: tuple[int, ...],
+                dilation: tuple[int, ...], pads: tuple[tuple[int, int], ...],
+                dense_if_cheaper: bool) -> DeployPlan | None:
+    D = len(factor_shapes[0]) - 2
+    kernel_size = tuple(math.prod(fs[2 + n] for fs in factor_shapes) for n in range(D))
+    nominal = _nominal(kernel_size, dilation)
+    plan = _choose_plan(factor_shapes, labels, dict(ranks), order, nominal, stride, dilation, pads)
+    if dense_if_cheaper and any(s.carried for s in plan.stages):
+        F, Cg = (math.prod(fs[j] for fs in factor_shapes) for j in (0, 1))
+        if plan.score >= _dense_score_of(F, Cg, kernel_size, stride, dilation, nominal, pads):
+            return None
+    return plan
+
+
+def deployment(factor_shapes: Sequence[Sequence[int]], labels: Sequence[str], ranks: dict[str, int],
+               order: Sequence[int] | None, stride: Sequence[int], dilation: Sequence[int],
+               pads: Sequence[tuple[int, int]], dense_if_cheaper: bool) -> DeployPlan | None:
+    """What :func:`to_standard` deploys for a factorized conv: its stage plan, or None for one dense conv.
+
+    The one deployment rule, shared by :func:`to_standard` and by
+    ``compress(budget="macs")`` (which costs every candidate with it). The layout is
+    chosen for the nominal input (spatial size ``NOMINAL_SPATIAL`` per axis, as the
+    layers' planner); with ``dense_if_cheaper`` a plan that needs carried digits and is
+    then modelled no faster than one dense conv gives None. ``order=None`` picks an
+    order (:func:`_choose_plan`). Costs at a real input size:
+    :func:`plan_cost`.
+
+    Examples
+    --------
+    >>> p = deployment([(1, 64, 1, 1), (64, 1, 3, 3)], ["a", "a"], {"a": 8}, None, (1, 1), (1, 1),
+    ...                ((1, 1), (1, 1)), True)
+    >>> p.order, [s.weights for s in p.stages]
+    ((0, 1), [512, 4608])
+    """
+    return _deployment(tuple(tuple(int(v) for v in fs) for fs in factor_shapes), tuple(labels),
+                       tuple(sorted((str(b), int(n)) for b, n in ranks.items())),
+                       None if order is None else tuple(int(k) for k in order), tuple(int(v) for v in stride),
+                       tuple(int(v) for v in dilation), tuple((int(lo), int(hi)) for lo, hi in pads),
+                       bool(dense_if_cheaper))
+
+
+def plan_cost(plan: DeployPlan, factor_shapes: Sequence[Sequence[int]], labels: Sequence[str],
+              ranks: dict[str, int], input_shape: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+              pads: Sequence[tuple[int, int]], linear: bool = False) -> tuple[int, int]:
+    """MACs on an input ``(B, C, *spatial)`` and weight entries of the convs a deployed plan holds.
+
+    ``linear``: the plan of a ``SeKronLinear`` (its point-wise kernel), deployed as
+    ``nn.Linear`` stages whose grouped blocks become block-diagonal matrices (each stage
+    stores and multiplies ``groups`` times its conv's weight entries); ``input_shape`` is
+    then ``(rows, in_features)``.
+    """
+    if linear:
+        rows = math.prod(input_shape[:-1])
+        weights = sum(s.weights * s.n_groups for s in plan.stages)
+        return rows * weights, weights
+    sps = stage_spatial(factor_shapes, labels, ranks, plan.order, input_shape[2:], stride, dilation, pads)
+    macs = int(input_shape[0]) * sum(s.weights * math.prod(sps[i + 1]) for i, s in enumerate(plan.stages))
+    return macs, sum(s.weights for s in plan.stages)
+
+
+def _dense_cost(F: int, Cg: int, kernel_size: Sequence[int], input_shape: Sequence[int] | None, stride: Any,
+                dilation: Any, pads: Sequence[tuple[int, int]]) -> tuple[int | None, int]:
+    weights = F * Cg * math.prod(kernel_size)
+    if input_shape is None:
+        return None, weights
+    out = math.prod((L + lo + hi - d * (K - 1) - 1) // s + 1 for L, (lo, hi), d, K, s in
+                    zip(input_shape[2:], pads, dilation, kernel_size, stride))
+    return int(input_shape[0]) * out * weights, weights
+
+
+def candidate_deployment(structure: Any, rank: dict[str, int], dense: nn.Module,
+                         input_shape: Sequence[int] | None) -> tuple[int | None, int, tuple[int, ...] | None]:
+    """(MACs, weight entries, stage order) of what a SeKron layer replacing ``dense`` deploys.
+
+    ``structure``/``rank``: the factorization of ``dense.weight`` (a ``Conv{D}d`` with
+    ``groups == 1`` or a ``Linear``). The order is the one to build the layer with
+    (``implementation="factorized"``) so that :func:`to_standard` deploys this plan; None
+    when the rule (:func:`deployment`) deploys one dense conv, whose cost is returned.
+    MACs are None without ``input_shape`` (the layer's input, batch included).
+    """
+    ranks = {str(b): int(n) for b, n in dict(rank).items()}
+    if isinstance(dense, nn.Linear):
+        fs = [(*f, 1) for f in structure.factor_shapes]
+        plan = deployment(fs, structure.labels, ranks, None, (1,), (1,), ((0, 0),), False)
+        assert plan is not None
+        weights = sum(s.weights * s.n_groups for s in plan.stages)
+        macs = None if input_shape is None else math.prod(input_shape[:-1]) * weights
+        return macs, weights, plan.order
+    conv: Any = dense
+    pads = _pads(conv.kernel_size, conv.padding, conv.dilation)
+    plan = deployment(structure.factor_shapes, structure.labels, ranks, None, conv.stride, conv.dilation, pads, True)
+    if plan is None:
+        return (*_dense_cost(conv.out_channels, conv.in_channels // conv.groups, conv.kernel_size, input_shape,
+                             conv.stride, conv.dilation, pads), None)
+    if input_shape is None:
+        return None, sum(s.weights for s in plan.stages), plan.order
+    return (*plan_cost(plan, structure.factor_shapes, structure.labels, ranks, input_shape, conv.stride,
+                       conv.dilation, pads), plan.order)
+
+
+def deployed_cost(layer: nn.Module, input_shape: Sequence[int] | None = None,
+                  implementation: str = "auto") -> tuple[int | None, int]:
+    """(MACs, weight entries) of what :func:`standard_layer` deploys for ``layer`` (biases not counted).
+
+    ``input_shape`` is the layer's input (batch included; ``(..., in_features)`` for a
+    linear layer); without it the MACs are None.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch import SeKronConv2d
+    >>> layer = SeKronConv2d.from_conv(torch.nn.Conv2d(16, 16, 3, padding=1), [(1, 16, 1, 1), (16, 1, 3, 3)],
+    ...                                rank=4, implementation="factorized")
+    >>> deployed_cost(layer, (1, 16, 8, 8))  # 16 -> 4 (1x1, padded: 10x10 out), 4 -> 16 (3x3, 8x8 out)
+    (43264, 640)
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {list(IMPLEMENTATIONS)}, got {implementation!r}")
+    if not isinstance(layer, _SeKronBase):
+        raise TypeError(f"deployed_cost needs a SeKron layer, got {type(layer).__name__}")
+    plan_kind = layer.implementation if implementation == "auto" else implementation
+    with torch.no_grad():
+        if isinstance(layer, SeKronLinear):
+            F, C = layer.out_features, layer.in_features
+            if plan_kind == "dense":
+                return (None if input_shape is None else math.prod(input_shape[:-1]) * F * C), F * C
+            kernel = layer._kernel()
+            point = kernel.structure
+            plan = deployment(point.factor_shapes, point.labels, dict(kernel.rank),
+                              _factorized_order(layer, kernel), (1,), (1,), ((0, 0),), False)
+            assert plan is not None
+            weights = sum(s.weights * s.n_groups for s in plan.stages)
+            return (None if input_shape is None else math.prod(input_shape[:-1]) * weights), weights
+        assert isinstance(layer, _SeKronConvNd)
+        pads = _resolve_pads(layer)
+        Cg = layer.in_channels // layer.groups
+        if plan_kind == "dense" or layer.groups > 1:
+            return _dense_cost(layer.out_channels, Cg, layer.kernel_size, input_shape, layer.stride, layer.dilation,
+                               pads)
+        sk = layer.sekron_weight()
+        st, ranks = layer.structure, dict(sk.rank)
+        plan = deployment(st.factor_shapes, st.labels, ranks, _factorized_order(layer, sk), layer.stride,
+                          layer.dilation, pads, implementation == "auto")
+        if plan is None:
+            return _dense_cost(layer.out_channels, Cg, layer.kernel_size, input_shape, layer.stride, layer.dilation,
+                               pads)
+        if input_shape is None:
+            return None, sum(s.weights for s in plan.stages)
+        return plan_cost(plan, st.factor_shapes, st.labels, ranks, input_shape, layer.stride, layer.dilation, pads)
 
 
 def _factorized_order(layer: _SeKronBase, kernel: Any) -> tuple[int, ...]:
@@ -290,12 +478,12 @@ def _factorized_order(layer: _SeKronBase, kernel: Any) -> tuple[int, ...]:
     return order
 
 
-def _dense_score(layer: _SeKronConvNd, spatial: Sequence[int], pads: Sequence[tuple[int, int]]) -> float:
+def _dense_score_of(F: int, Cg: int, kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+                    spatial: Sequence[int], pads: Sequence[tuple[int, int]]) -> float:
     """The planner's modelled time of one dense conv (the kernel is formed once, at deploy time)."""
-    F, Cg = layer.out_channels, layer.in_channels // layer.groups
-    taps = math.prod(layer.kernel_size)
+    taps = math.prod(kernel_size)
     out = math.prod((L + lo + hi - d * (K - 1) - 1) // s + 1 for L, (lo, hi), d, K, s in
-                    zip(spatial, pads, layer.dilation, layer.kernel_size, layer.stride))
+                    zip(spatial, pads, dilation, kernel_size, stride))
     return F * out * Cg * taps / _EFFICIENCY(Cg * taps, F) + cp.MEMORY_WEIGHT * F * out
 
 
@@ -306,9 +494,9 @@ def _conv_stages(layer: _SeKronConvNd, order: tuple[int, ...], dense_if_cheaper:
     size = _sizes(layer, factors)
     st = layer.structure
     pads = _resolve_pads(layer)
-    nominal = tuple(max(32, 2 * d * (K - 1) + 2) for d, K in zip(layer.dilation, layer.kernel_size))
-    plan = _choose_plan(layer, st.factor_shapes, order, nominal, layer.stride, layer.dilation, pads, size)
-    if dense_if_cheaper and any(s.carried for s in plan.stages) and plan.score >= _dense_score(layer, nominal, pads):
+    ranks = {lab[1:]: n for lab, n in size.items() if lab[0] == "r"}
+    plan = deployment(st.factor_shapes, st.labels, ranks, order, layer.stride, layer.dilation, pads, dense_if_cheaper)
+    if plan is None:
         return layer.to_conv()
     mods: list[nn.Module] = []
     symmetric = all(lo == hi for lo, hi in pads)
