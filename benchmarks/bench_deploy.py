@@ -67,6 +67,8 @@ _layer.METHODS.setdefault("nested2", ((2,), ("nested",), ()))
 
 LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
 LAYER_RATIO = 10
+#: compress's fit_group_bytes for the calibrated ddddocr runs (set from --fit-group-bytes)
+FIT_GROUP_BYTES_ARG = [0]
 TARGET_LAYER = (256, 14)
 TARGET_LAYER_TIME = 0.35
 MODEL_EFFICIENCY = 0.6
@@ -380,7 +382,8 @@ def ddddocr(ratios: Sequence[float], rounds: int, n_images: int, tmp: str, budge
              if n_calib else None)
     for ratio in ratios:
         t0 = time.perf_counter()
-        kw: dict[str, Any] = {"calibration": calib, "allocation": allocation, "batch_size": 4} if n_calib else {}
+        kw: dict[str, Any] = ({"calibration": calib, "allocation": allocation, "batch_size": 4,
+                               "fit_group_bytes": FIT_GROUP_BYTES_ARG[0]} if n_calib else {})
         small, report = compress(model, ratio, input_shape=(1, 3, 416, 416), progress=False, budget=budget,
                                  cache_dir=cache_dir, method=method, **kw)
         t_compress = time.perf_counter() - t0
@@ -512,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--calib", type=int, default=0, help="ddddocr calibration images (0: weight-only)")
     ap.add_argument("--allocation", default="error", help="ddddocr compress allocation with --calib")
     ap.add_argument("--ratios", default="2,4", help="ddddocr ratios")
+    ap.add_argument("--fit-group-bytes", type=int, default=0,
+                    help="ddddocr with --calib: compress's fit_group_bytes (0: the exact layer-by-layer fit)")
     ap.add_argument("--resnet-ratios", default="2,4", help="ResNet-8 ratios")
     ap.add_argument("--cache-dir", default=None, help="compress's search cache on disk")
     ap.add_argument("--keep", default=None, help="write the ONNX files here (default: a temporary folder)")
@@ -527,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--esrgan-method", default="sekron", help="compress method for Real-ESRGAN (tucker: quicker)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
     args = ap.parse_args(argv)
+    FIT_GROUP_BYTES_ARG[0] = args.fit_group_bytes
     if args.time_files:
         return time_files(args.time_files, args.rounds)
     if args.eval_files:

@@ -21,7 +21,7 @@ def test_bench_deploy_quick(tmp_path: Path) -> None:
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--skip", "ddddocr,resnet",
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--skip", "ddddocr,resnet,esrgan",
                            "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (tmp_path / "bench_deploy.md").read_text()

@@ -16,6 +16,7 @@ from sekron.structure import Structure  # noqa: E402
 from sekron.structure_search import _scoring as sc  # noqa: E402
 from sekron.torch import SeKronConv2d, SeKronLinear, compress, deployed_cost, to_standard  # noqa: E402
 from sekron.torch._allocate import Frontier  # noqa: E402
+from sekron.torch.calibrate import run_with_hooks  # noqa: E402
 from sekron.torch.cli import compress_main  # noqa: E402
 from sekron.torch.export import candidate_deployment  # noqa: E402
 
@@ -44,14 +45,8 @@ def hook_macs(model: nn.Module, x: torch.Tensor) -> int:
         elif isinstance(mod, nn.Linear):
             total += out.numel() * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))],
+                   hook, x)
     return total
 
 
