@@ -112,7 +112,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             _, again = compress(net, args.second_ratio, **kw)
             out |= {"again_seconds": time.perf_counter() - t0, "again_hits": again.totals["cache_hits"],
-                    "again_misses": again.totals["cache_misses"], "again_sq_error": again.totals["sq_error"]}
+                    "again_misses": again.totals["cache_misses"], "again_sq_error": again.totals["sq_error"],
+                    "again_reused": again.totals.get("cache_layers_reused", 0)}
     finally:
         if client is not None:
             client.close()
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         r = res[mode]
         print(f"{mode:>8}: {r['seconds']:8.1f} s  sq_error {r['sq_error']:.4f}  ratio {r['ratio']:.3f}x  "
               f"state {r['hash']}" + (f"  | again at {args.second_ratio}x: {r['again_seconds']:.1f} s "
-                                     f"({r['again_hits']} hits, {r['again_misses']} misses)"
+                                     f"({r['again_reused']} layers reused whole, {r['again_hits']} hits, "
+                                     f"{r['again_misses']} misses)"
                                      if "again_seconds" in r else ""), flush=True)
     print(f"load after: {os.getloadavg()}")
     s = res.get("serial")

@@ -67,8 +67,6 @@ _layer.METHODS.setdefault("nested2", ((2,), ("nested",), ()))
 
 LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
 LAYER_RATIO = 10
-#: compress's fit_group_bytes for the calibrated ddddocr runs (set from --fit-group-bytes)
-FIT_GROUP_BYTES_ARG = [0]
 TARGET_LAYER = (256, 14)
 TARGET_LAYER_TIME = 0.35
 MODEL_EFFICIENCY = 0.6
@@ -358,7 +356,7 @@ def match(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray]
 
 def ddddocr(ratios: Sequence[float], rounds: int, n_images: int, tmp: str, budget: str = "macs",
             n_calib: int = 0, allocation: str = "error", cache_dir: str | None = None,
-            impls: Sequence[str] = ("auto",), method: str = "sekron") -> list[dict[str, Any]]:
+            impls: Sequence[str] = ("auto",), method: str = "sekron", fit_group_bytes: int = 0) -> list[dict[str, Any]]:
     from sekron.datasets import DDDDOCR_INSTALL, package_dir
 
     stub_torchvision()
@@ -383,7 +381,7 @@ def ddddocr(ratios: Sequence[float], rounds: int, n_images: int, tmp: str, budge
     for ratio in ratios:
         t0 = time.perf_counter()
         kw: dict[str, Any] = ({"calibration": calib, "allocation": allocation, "batch_size": 4,
-                               "fit_group_bytes": FIT_GROUP_BYTES_ARG[0]} if n_calib else {})
+                               "fit_group_bytes": fit_group_bytes} if n_calib else {})
         small, report = compress(model, ratio, input_shape=(1, 3, 416, 416), progress=False, budget=budget,
                                  cache_dir=cache_dir, method=method, **kw)
         t_compress = time.perf_counter() - t0
@@ -532,7 +530,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--esrgan-method", default="sekron", help="compress method for Real-ESRGAN (tucker: quicker)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
     args = ap.parse_args(argv)
-    FIT_GROUP_BYTES_ARG[0] = args.fit_group_bytes
     if args.time_files:
         return time_files(args.time_files, args.rounds)
     if args.eval_files:
@@ -577,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "ddddocr" not in skip:
             dddd = ddddocr((2.0,) if args.quick else tuple(float(v) for v in args.ratios.split(",")), rounds,
                            2 if args.quick else args.images, tmp, args.budget, args.calib, args.allocation,
-                           args.cache_dir, method=args.method)
+                           args.cache_dir, method=args.method, fit_group_bytes=args.fit_group_bytes)
             for r in dddd:
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "path"},
                       flush=True)

@@ -62,6 +62,27 @@ def _nbytes(entry: Mapping[str, np.ndarray]) -> int:
     return sum(int(a.nbytes) for a in entry.values())
 
 
+def _copy_arrays(value: Any) -> Any:
+    """``value`` with every numpy array copied (lists, tuples and dicts rebuilt, other leaves shared)."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_arrays(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy_arrays(v) for k, v in value.items()}
+    return value
+
+
+def _deep_nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, (list, tuple)):
+        return sum(_deep_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_deep_nbytes(v) for v in value.values())
+    return 0
+
+
 class SearchCache:
     """Per-weight search state in memory, optionally mirrored on disk.
 
@@ -106,6 +127,35 @@ class SearchCache:
         self._weights: OrderedDict[str, dict[str, Entry]] = OrderedDict()
         self._bytes = 0
         self._loaded: set[str] = set()
+        self._results: OrderedDict[tuple[str, str, float], tuple[Any, int]] = OrderedDict()
+        self._result_bytes = 0
+
+    # --- whole per-layer results (in memory only) ----------------------------------------
+    def result(self, key: tuple[str, str, float]) -> Any | None:
+        """A layer's whole result kept by :meth:`keep_result` (a copy), or None.
+
+        ``key`` is ``(weight hash, method, anchor)``: the per-layer scoring is a function of
+        the weight, the method and the anchor of its budget only, so a second compress at a
+        ratio in the same octave gets the very result a cold run would compute.
+        """
+        got = self._results.get(key)
+        if got is None:
+            return None
+        self._results.move_to_end(key)
+        return _copy_arrays(got[0])
+
+    def keep_result(self, key: tuple[str, str, float], value: Any) -> None:
+        """Keep ``value`` (plain data and numpy arrays, copied) under ``key``, least recently used
+        results dropped beyond half of ``max_bytes``."""
+        if key in self._results:
+            return
+        value = _copy_arrays(value)
+        size = _deep_nbytes(value)
+        self._results[key] = (value, size)
+        self._result_bytes += size
+        while self._result_bytes > self.max_bytes // 2 and len(self._results) > 1:
+            _, (_, dropped) = self._results.popitem(last=False)
+            self._result_bytes -= dropped
 
     # --- per weight --------------------------------------------------------------------
     def entries(self, whash: str) -> dict[str, Entry]:
@@ -144,6 +194,8 @@ class SearchCache:
         self._weights.clear()
         self._loaded.clear()
         self._bytes = 0
+        self._results.clear()
+        self._result_bytes = 0
         self.hits = self.misses = 0
 
     @contextlib.contextmanager

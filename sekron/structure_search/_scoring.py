@@ -42,13 +42,15 @@ from ..structure import Structure
 from . import _baselines as bl
 from ._cache import memo
 
-#: most ALS sweeps used when scoring cp candidates (with extrapolation: 36 reach lower errors than 60 without)
-ALS_ITERS = 36
+#: most ALS sweeps used when scoring cp candidates. With warm starts and extrapolation, 18 sweeps (and
+#: ALS_FLOPS = 1e9) reach a lower summed error over whole models than 60 plain sweeps did, in less time
+#: (docs/speed.md, "Quiet machine": 36 sweeps and 1.5e9 gave errors 1 to 3% lower still, in 1.3 to 1.4x the time)
+ALS_ITERS = 18
 #: fits of at least this many sweeps extrapolate each sweep's step (:func:`sekron.linalg.cp_als.cp_als`); the
 #: shorter ones (large weights, see ALS_FLOPS) do not, since every extrapolation costs one more MTTKRP
 EXTRAPOLATE_FROM = 8
 #: flop allowance of one cp candidate's ALS (fewer sweeps on large weights)
-ALS_FLOPS = 1.5e9
+ALS_FLOPS = 1.0e9
 #: columns of the randomized sketch that screens large S = 2 grids
 SKETCH = 32
 #: TT / TR / Tucker rank profiles (the target ``t`` of :func:`sekron.structure_search._baselines.profile`):

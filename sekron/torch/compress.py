@@ -34,7 +34,15 @@ from .._parallel import run_tasks
 from .._progress import progress as show_progress
 from ..structure_search import Candidate, candidate_macs
 from ..structure_search._cache import SearchCache, default_cache, weight_hash
-from ..structure_search._layer import FINE_LADDER, LADDER, METHODS, family_from_plain, layer_task, task_arguments  # noqa: F401
+from ..structure_search._layer import (  # noqa: F401
+    FINE_LADDER,
+    LADDER,
+    METHODS,
+    anchor,
+    family_from_plain,
+    layer_task,
+    task_arguments,
+)
 from ._allocate import Frontier, allocate, uniform
 from ._report import CompressionReport
 from ._sensitivity import sensitivity_frontiers
@@ -323,9 +331,13 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         Reuse per-layer search state (spectra, ALS fits, rank-capped decompositions) keyed
         by the weight's content: True uses the process-wide cache, so compressing the same
         model again at another ratio or allocation is much faster and gives what a cold run
-        gives. False computes everything afresh.
+        gives. A layer whose budget falls in the same octave as before (the search's anchor,
+        :func:`sekron.structure_search._layer.anchor`) reuses its whole scored result (in
+        memory; ``report.totals["cache_layers_reused"]``); in another octave the spectra and
+        fits it shares are reused. False computes everything afresh.
     cache_dir : str, optional
-        Also keep the cache on disk there (``.npz`` + JSON, no pickle), across processes.
+        Also keep the cache on disk there (``.npz`` + JSON, no pickle), across processes
+        (the per-layer state; whole results stay in memory).
     fold_batchnorm : bool, optional
         Fold each BatchNorm that directly follows a conv/linear into it first
         (:func:`sekron.torch.fold.fold_batchnorm`; the BatchNorm becomes ``nn.Identity``),
@@ -454,14 +466,24 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
             raise ValueError(f"layer {layer.name!r} has NaN or Inf in its weight; clean the model first "
                              "(e.g. retrain, or torch.nan_to_num_ on that weight), or exclude the layer")
     store = _cache_of(cache, cache_dir)
-    tasks, hashes = [], []
+    tasks, hashes, keys = [], [], []
+    results: list[Any] = []
     for layer in chosen:
         W = _weight64(layer.module)
         hashes.append(weight_hash(W))
-        known = store.entries(hashes[-1]) if store is not None else {}
+        keys.append((hashes[-1], method, anchor(W.size, W.size * room / dense)))
+        results.append(store.result(keys[-1]) if store is not None else None)  # the layer's whole result
+        known = store.entries(hashes[-1]) if store is not None and results[-1] is None else {}
         tasks.append(task_arguments(W, W.size * room / dense, method, hashes[-1], known))
-    results = run_tasks(layer_task, tasks, n_jobs=n_jobs, client=client, sizes=[t[0].size for t in tasks],
-                        progress=progress, desc=f"sekron compress ({method})")
+    todo = [i for i, r in enumerate(results) if r is None]
+    reused = len(chosen) - len(todo)
+    ran = run_tasks(layer_task, [tasks[i] for i in todo], n_jobs=n_jobs, client=client,
+                    sizes=[tasks[i][0].size for i in todo], progress=progress, desc=f"sekron compress ({method})")
+    for i, got in zip(todo, ran):
+        results[i] = got
+        if store is not None:
+            store.keep_result(keys[i], got[0])
+    results = [(r, {}, 0, 0) if i not in todo else r for i, r in enumerate(results)]
     frontiers, hits, misses, families = [], 0, 0, []
     orders: dict[tuple[str, Any, Any, Any], tuple[int, ...] | None] = {}  # deployed stage order per candidate
     for layer, task, whash, (plain, new, h, m) in zip(chosen, tasks, hashes, results):
@@ -557,7 +579,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     totals = {"params_before": total, "params_after": after, "ratio": total / after, "target_ratio": ratio,
               "layers_compressed": sum(1 for r in rows if r["status"] == "compressed"), "method": method,
               "allocation": allocation, "objective": objective, "sq_error": err, "uniform_sq_error": uniform_err,
-              "cache_hits": hits, "cache_misses": misses,
+              "cache_hits": hits, "cache_misses": misses, "cache_layers_reused": reused,
               "macs_before": None if None in macs else sum(macs),
               "macs_after": None if None in macs else sum(r["macs_after"] for r in rows),
               "budget": budget, "deployed_params": deployed_params,

@@ -72,6 +72,20 @@ def test_second_ratio_hits_cache_and_equals_cold() -> None:
     assert list(second) == list(report)
 
 
+def test_same_octave_reuses_whole_layer_results() -> None:
+    cache = SearchCache()
+    _, first = compress(_net(), 4, progress=False, n_jobs=1, cache=cache, min_kernel_size=256)
+    assert first.totals["cache_layers_reused"] == 0
+    warm, second = compress(_net(), 4.05, progress=False, n_jobs=1, cache=cache, min_kernel_size=256)
+    eligible = sum(1 for r in second if not r["status"].startswith("skipped"))
+    assert second.totals["cache_layers_reused"] == eligible > 0  # no task ran: same octave, same weights
+    assert second.totals["cache_misses"] == 0
+    cold, report = compress(_net(), 4.05, progress=False, n_jobs=1, cache=False, min_kernel_size=256)
+    assert report.totals["cache_layers_reused"] == 0
+    assert _models_equal(warm, cold)
+    assert list(second) == list(report)
+
+
 def test_disk_cache_survives_a_new_cache_object(tmp_path) -> None:
     _, first = compress(_net(), 4, progress=False, n_jobs=1, cache=SearchCache(tmp_path), min_kernel_size=256)
     assert first.totals["cache_misses"] > 0
