@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..convolution._conv import _pads
+
 F = torch.nn.functional
 
 SOLVERS = ("als", "adam")
@@ -138,20 +140,8 @@ def _conv_params(mod: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple
     D = len(ks)
     stride = tuple(mod.stride) if isinstance(mod.stride, Sequence) else (int(mod.stride),) * D
     dil = tuple(mod.dilation) if isinstance(mod.dilation, Sequence) else (int(mod.dilation),) * D
-    pad = mod.padding
-    if isinstance(pad, str):
-        if pad == "valid":
-            pads = [0] * (2 * D)
-        else:  # "same" (stride 1): torch puts the extra element on the right
-            pads = []
-            for d in reversed(range(D)):
-                total = dil[d] * (ks[d] - 1)
-                pads += [total // 2, total - total // 2]
-    else:
-        p = tuple(pad) if isinstance(pad, Sequence) else (int(pad),) * D
-        pads = []
-        for d in reversed(range(D)):
-            pads += [p[d], p[d]]
+    per_axis = _pads(mod.padding, ks, dil, stride)  # ((lo, hi) per axis): the one rule of sekron.conv
+    pads = [v for lo_hi in reversed(per_axis) for v in lo_hi]  # F.pad's order: last axis first
     return D, ks, stride, dil, pads, mod.padding_mode
 
 

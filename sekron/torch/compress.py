@@ -32,6 +32,7 @@ from torch import nn
 
 from .._parallel import run_tasks
 from .._progress import progress as show_progress
+from .._validation import check_int
 from ..structure_search import Candidate, candidate_macs
 from ..structure_search._cache import SearchCache, default_cache, weight_hash
 from ..structure_search._layer import (  # noqa: F401
@@ -418,9 +419,14 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     if isinstance(fit_group_bytes, bool) or not isinstance(fit_group_bytes, int) or fit_group_bytes < 0:
         raise ValueError("fit_group_bytes must be an int >= 0 (bytes of Gram matrices streamed together; 0 = one "
                          f"layer at a time), got {fit_group_bytes!r}")
+    batch_size = check_int(batch_size, "batch_size")
+    min_kernel_size = check_int(min_kernel_size, "min_kernel_size", minimum=0)
+    fit_steps = check_int(fit_steps, "fit_steps", minimum=0)
+    sensitivity_steps = check_int(sensitivity_steps, "sensitivity_steps", minimum=0)
+    seed = check_int(seed, "seed", minimum=0)
     batches = None
     if calibration is not None:
-        batches = calibration_batches(calibration, next(model.parameters()), int(batch_size))
+        batches = calibration_batches(calibration, next(model.parameters()), batch_size)
     if fold_batchnorm is not None and not isinstance(fold_batchnorm, bool):
         raise TypeError(f"fold_batchnorm must be True, False or None, got {type(fold_batchnorm).__name__}")
     if fold_batchnorm and batches is None and input_shape is None:
@@ -430,7 +436,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     folded: list[tuple[str, str]] = []
     if fold_batchnorm or (fold_batchnorm is None and batches is not None):
         folded = _fold(model, batches, input_shape, force=bool(fold_batchnorm))
-    layers = _select(model, include, exclude, skip_first, int(min_kernel_size))
+    layers = _select(model, include, exclude, skip_first, min_kernel_size)
     if budget == "macs" and input_shape is None:
         if batches is None:
             raise ValueError("budget='macs' costs every layer at its real input size and needs the model's input "
@@ -531,8 +537,8 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         alloc_frontiers = sensitivity_frontiers(
             model, [layer.name for layer in chosen], frontiers, lambda n, c: build(by_name[n], c), batches,
             progress=lambda it: show_progress(it, desc="sekron sensitivity", enabled=progress),
-            fit_steps=int(sensitivity_steps) if objective == "output" else 0, solver=solver,
-            max_samples=max_samples, seed=int(seed), families=families, structures=structures)
+            fit_steps=sensitivity_steps if objective == "output" else 0, solver=solver,
+            max_samples=max_samples, seed=seed, families=families, structures=structures)
     if budget == "macs" and sum(int(f.cost[0]) for f in alloc_frontiers) > room:
         stuck = [layer.name for layer, f in zip(chosen, alloc_frontiers) if f.refs[0] is None]
         raise ValueError(f"ratio {ratio} of the deployed MACs is out of reach: even the cheapest deployments leave "
@@ -566,8 +572,8 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         assert batches is not None
         model.eval()
         try:
-            _fit_outputs(model, reference, layers, rows, built, batches, refit_dense=refit_dense, seed=int(seed),
-                         max_samples=max_samples, solver=solver, fit_steps=int(fit_steps), progress=progress,
+            _fit_outputs(model, reference, layers, rows, built, batches, refit_dense=refit_dense, seed=seed,
+                         max_samples=max_samples, solver=solver, fit_steps=fit_steps, progress=progress,
                          group_bytes=fit_group_bytes)
         finally:
             model.train(was_training)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..convolution import _plan as cp
+from ..convolution._conv import _pads
 from .layers import (
     NOMINAL_SPATIAL,
     SeKronConv1d,
@@ -266,17 +267,8 @@ def _stage_weight(factor: torch.Tensor, k: int, bonds: str, stage: DeployStage, 
 
 
 # --- layers ----------------------------------------------------------------------------
-def _pads(kernel_size: Sequence[int], padding: Any, dilation: Sequence[int]) -> tuple[tuple[int, int], ...]:
-    if isinstance(padding, str):
-        if padding == "valid":
-            return ((0, 0),) * len(kernel_size)
-        totals = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
-        return tuple((t // 2, t - t // 2) for t in totals)
-    return tuple((int(p), int(p)) for p in padding)
-
-
 def _resolve_pads(layer: _SeKronConvNd) -> tuple[tuple[int, int], ...]:
-    return _pads(layer.kernel_size, layer.padding, layer.dilation)
+    return _pads(layer.padding, tuple(layer.kernel_size), tuple(layer.dilation), tuple(layer.stride))
 
 
 def _sizes(layer: _SeKronBase, factors: Sequence[torch.Tensor]) -> dict[str, int]:
@@ -403,7 +395,7 @@ def candidate_deployment(structure: Any, rank: dict[str, int], dense: nn.Module,
         macs = None if input_shape is None else math.prod(input_shape[:-1]) * weights
         return macs, weights, plan.order
     conv: Any = dense
-    pads = _pads(conv.kernel_size, conv.padding, conv.dilation)
+    pads = _pads(conv.padding, tuple(conv.kernel_size), tuple(conv.dilation), tuple(conv.stride))
     plan = deployment(structure.factor_shapes, structure.labels, ranks, None, conv.stride, conv.dilation, pads, True)
     if plan is None:
         return (*_dense_cost(conv.out_channels, conv.in_channels // conv.groups, conv.kernel_size, input_shape,

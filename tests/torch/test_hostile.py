@@ -35,6 +35,19 @@ def test_compress_with_a_nan_weight_names_the_layer() -> None:
         compress(net, 2, min_kernel_size=100, progress=False)
 
 
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(batch_size=2.5), TypeError, "batch_size must be an integer >= 1, got 2.5"),
+    (dict(batch_size=0), ValueError, "batch_size must be an integer >= 1, got 0"),
+    (dict(seed="1"), TypeError, "seed must be an integer"),
+    (dict(fit_steps=-1), ValueError, "fit_steps must be an integer >= 0"),
+    (dict(sensitivity_steps=1.5), TypeError, "sensitivity_steps must be an integer"),
+    (dict(min_kernel_size=True), TypeError, "min_kernel_size must be an integer"),
+])
+def test_compress_integer_options_are_not_truncated(kwargs: dict, err: type, match: str) -> None:
+    with pytest.raises(err, match=match):
+        compress(_net(), 2, progress=False, **kwargs)
+
+
 def test_compress_without_tqdm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
