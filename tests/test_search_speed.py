@@ -182,3 +182,16 @@ def test_extrapolated_als_never_raises_the_error_and_gets_further() -> None:
     plain = _als_errors(T, 3, 25, False)
     assert all(b <= a + 1e-12 for a, b in itertools.pairwise(fast))  # a move is kept only when it lowers the error
     assert fast[-1] <= plain[-1]
+
+
+def test_als_budget_sets_the_sweeps_for_the_block_only() -> None:
+    from sekron.structure_search import _scoring as sc
+
+    small = (4 * 4 * 9, 2, 3)  # a small tensor: the flop allowance does not bind
+    assert sc._als_iters(*small) == sc.ALS_ITERS
+    with sc.als_budget(7, 1e12):
+        assert sc._als_iters(*small) == 7
+        with sc.als_budget(40, 1e3):  # nested, and the flop allowance still floors at 2 sweeps
+            assert sc._als_iters(*small) == 2
+        assert sc._als_iters(*small) == 7
+    assert sc._als_iters(*small) == sc.ALS_ITERS

@@ -26,9 +26,11 @@ Every point carries the ``decompose`` keywords that reproduce it exactly.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -362,9 +364,25 @@ def _batched_mttkrp(X: np.ndarray, facs: list[np.ndarray], i: int) -> np.ndarray
     return X.reshape(R, -1).T
 
 
+_ALS_BUDGET: contextvars.ContextVar[tuple[int, float] | None] = contextvars.ContextVar("sekron_als_budget",
+                                                                                     default=None)
+
+
+@contextlib.contextmanager
+def als_budget(iters: int, flops: float) -> Iterator[None]:
+    """Score cp candidates with at most ``iters`` ALS sweeps within ``flops`` while the block runs
+    (instead of :data:`ALS_ITERS` and :data:`ALS_FLOPS`); the cache keys hold the sweeps used."""
+    token = _ALS_BUDGET.set((int(iters), float(flops)))
+    try:
+        yield
+    finally:
+        _ALS_BUDGET.reset(token)
+
+
 def _als_iters(size: int, R: int, order: int) -> int:
-    """ALS sweeps within about ``ALS_FLOPS`` (at least 2, at most ``ALS_ITERS``)."""
-    return int(min(ALS_ITERS, max(2, ALS_FLOPS // max(2 * size * R * order, 1))))
+    """ALS sweeps within about ``ALS_FLOPS`` (at least 2, at most ``ALS_ITERS``), or the active :func:`als_budget`."""
+    iters, flops = _ALS_BUDGET.get() or (ALS_ITERS, ALS_FLOPS)
+    return int(min(iters, max(2, flops // max(2 * size * R * order, 1))))
 
 
 def warm_start(T: np.ndarray, prev: Sequence[np.ndarray], R: int) -> list[np.ndarray]:

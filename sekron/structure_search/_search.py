@@ -368,6 +368,11 @@ def _pick(fam: sc.Family, budget: float, max_macs: float | None, macs_of: Any) -
     return None
 
 
+#: ALS budget of :func:`search`'s cp candidates: one weight at a time, interactively, so it affords
+#: twice the sweeps that :func:`sekron.torch.compress` uses per layer (``_scoring.ALS_ITERS``), which are
+#: sized for whole models (docs/speed.md)
+SEARCH_ALS_ITERS = 36
+SEARCH_ALS_FLOPS = 1.5e9
 _SORT_KEYS = {
     "error": lambda c: (c.error, c.macs or 0, c.params),
     "macs": lambda c: (c.macs or 0, c.error, c.params),
@@ -466,7 +471,9 @@ def search(weight: Any, *, ratio: float | None = None, max_params: float | None 
 
     out: list[Candidate] = []
     seen: set[tuple[Any, ...]] = set()
-    for fam in families(W, budget, n_factors, patterns, baselines):
+    with sc.als_budget(SEARCH_ALS_ITERS, SEARCH_ALS_FLOPS):
+        scored = families(W, budget, n_factors, patterns, baselines)
+    for fam in scored:
         picked = _pick(fam, budget, max_macs, macs_of)
         if picked is None:
             continue
