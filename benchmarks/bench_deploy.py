@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sekron.sekron_tensor import SeKronTensor
 from sekron.structure_search import _layer
 from sekron.torch import SeKronConv2d, compress, to_standard
-from sekron.torch.calibrate import run_with_hooks
+from sekron.torch.calibrate import counted_macs
 
 #: a quicker search for the whole-model runs: two-factor nested SeKron structures only (the
 #: structures whose deployment is one or two plain convs; no three-factor chains, no baselines).
@@ -73,22 +73,6 @@ MODEL_EFFICIENCY = 0.6
 
 
 # --- measuring ---------------------------------------------------------------------------
-def macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of the model's convs and linears on input x (forward hooks)."""
-    total = 0
-
-    def hook(mod: nn.Module, args: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(mod, nn.modules.conv._ConvNd):
-            total += out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-        elif isinstance(mod, nn.Linear):
-            total += out.numel() * mod.in_features
-
-    run_with_hooks(model, [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))],
-                   hook, x)
-    return total
-
-
 def timeit(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, float]]:
     """(median, min) wall time in ms of each function, timed round-robin (contention hits all alike).
 
@@ -165,7 +149,7 @@ def compare(dense: nn.Module, small: nn.Module, shape: tuple[int, ...], threads:
     """Dense against deployed: MACs, onnxruntime (per batch), torch eager and torch.compile (largest batch)."""
     dense, plain = dense.eval(), to_standard(small).eval()
     x1 = torch.randn(1, *shape[1:])
-    row: dict[str, Any] = {"macs_dense": macs(dense, x1), "macs_small": macs(plain, x1),
+    row: dict[str, Any] = {"macs_dense": counted_macs(dense, x1), "macs_small": counted_macs(plain, x1),
                            "params_dense": sum(p.numel() for p in dense.parameters()),
                            "params_small": sum(p.numel() for p in plain.parameters())}
     row["mac_ratio"] = row["macs_small"] / row["macs_dense"]
@@ -373,7 +357,7 @@ def ddddocr(ratios: Sequence[float], rounds: int, n_images: int, tmp: str, budge
                        for (x, _), o in zip(images[:2], ref_out))
     x1 = torch.from_numpy(images[0][0][None])
     rows: list[dict[str, Any]] = [{"model": "original", "params": sum(p.numel() for p in model.parameters()),
-                                   "file_mb": os.path.getsize(src) / 2**20, "macs": macs(model, x1),
+                                   "file_mb": os.path.getsize(src) / 2**20, "macs": counted_macs(model, x1),
                                    "onnx2torch_max_abs_err": conv_err, "path": src}]
     # calibration images: drawn with another seed, so they are not the test images
     calib = (torch.from_numpy(np.stack([det_preprocess(im)[0] for im in captcha_images(n_calib, seed=1000)]))
@@ -413,7 +397,7 @@ def _dddd_row(small: nn.Module, report: Any, ratio: float, impl: str, t_compress
     budget = report.totals.get("budget", "params")
     return {"model": f"{report.totals['method']} {ratio:g}x {budget}" + ("" if impl == "auto" else f" ({impl})"),
             "params": sum(p.numel() for p in plain.parameters()), "factor_params": report.totals["params_after"],
-            "file_mb": os.path.getsize(path) / 2**20, "macs": macs(plain, x1), "compress_s": t_compress,
+            "file_mb": os.path.getsize(path) / 2**20, "macs": counted_macs(plain, x1), "compress_s": t_compress,
             "ref_boxes": sum(d["ref"] for d in m), "boxes": sum(d["got"] for d in m),
             "matched": sum(d["matched"] for d in m),
             "mean_iou": float(np.mean([d["mean_iou"] for d in m if d["matched"]] or [0.0])),
@@ -639,7 +623,7 @@ def eval_files(paths: Sequence[str], n_images: int) -> dict[str, Any]:
         outs = [sess.run(None, {sess.get_inputs()[0].name: x[None]})[0] for x, _ in images]
         m = [match(a, det_postprocess(o, r)) for a, o, (_, r) in zip(ref_det, outs, images)]
         row = {"params": sum(p.numel() for p in model.parameters()), "file_mb": os.path.getsize(path) / 2**20,
-               "gmacs": macs(model, x1) / 1e9, "ref_boxes": sum(d["ref"] for d in m),
+               "gmacs": counted_macs(model, x1) / 1e9, "ref_boxes": sum(d["ref"] for d in m),
                "boxes": sum(d["got"] for d in m), "matched": sum(d["matched"] for d in m),
                "mean_iou": float(np.mean([d["mean_iou"] for d in m if d["matched"]] or [0.0])),
                "max_dscore": max(d["max_dscore"] for d in m),

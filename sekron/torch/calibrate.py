@@ -135,6 +135,33 @@ def run_with_hooks(model: nn.Module, modules: Sequence[nn.Module], hook: Any, x:
             h.remove()
 
 
+def counted_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of every conv and linear that runs in ``model(x)``, counted from their outputs.
+
+    A conv adds ``outputs * in_channels / groups * kernel taps``, a linear ``outputs * in_features``:
+    a count of what actually ran (forward hooks), independent of any cost model.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, groups=1), torch.nn.Flatten(), torch.nn.Linear(8 * 4, 2))
+    >>> counted_macs(net, torch.zeros(1, 3, 4, 4)) == 8 * 2 * 2 * 3 * 9 + 2 * 32
+    True
+    """
+    total = 0
+
+    def hook(mod: nn.Module, args: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, nn.modules.conv._ConvNd):
+            total += out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+        elif isinstance(mod, nn.Linear):
+            total += out.numel() * mod.in_features
+
+    run_with_hooks(model, [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))],
+                   hook, x)
+    return total
+
+
 def _conv_params(mod: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...], list[int], str]:
     ks = tuple(int(k) for k in mod.kernel_size)
     D = len(ks)

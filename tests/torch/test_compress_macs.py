@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from sekron.structure import Structure  # noqa: E402
 from sekron.structure_search import _scoring as sc  # noqa: E402
 from sekron.torch import SeKronConv2d, SeKronLinear, compress, deployed_cost, to_standard  # noqa: E402
 from sekron.torch._allocate import Frontier  # noqa: E402
-from sekron.torch.calibrate import run_with_hooks  # noqa: E402
+from sekron.torch.calibrate import counted_macs  # noqa: E402
 from sekron.torch.cli import compress_main  # noqa: E402
 from sekron.torch.export import candidate_deployment  # noqa: E402
 
@@ -34,21 +33,6 @@ def _net() -> nn.Module:
     ).eval()
 
 
-def hook_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """MACs of every conv and linear that runs on x, counted from their outputs (forward hooks)."""
-    total = 0
-
-    def hook(mod: nn.Module, args: object, out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(mod, nn.modules.conv._ConvNd):
-            total += out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-        elif isinstance(mod, nn.Linear):
-            total += out.numel() * mod.in_features
-
-    run_with_hooks(model, [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))],
-                   hook, x)
-    return total
-
 
 @pytest.fixture(scope="module")
 def compressed() -> dict[float, tuple[nn.Module, object]]:
@@ -64,7 +48,7 @@ def test_deployed_macs_are_counted_exactly_and_meet_the_ratio(compressed: dict, 
     x = torch.randn(*SHAPE)
     plain = to_standard(small)
     assert all(type(m).__module__.startswith("torch.nn.") for m in plain.modules())
-    dense_macs, deployed = hook_macs(net, x), hook_macs(plain, x)
+    dense_macs, deployed = counted_macs(net, x), counted_macs(plain, x)
     assert report.totals["macs_before"] == dense_macs
     assert report.totals["deployed_macs"] == deployed  # the report counts what to_standard deploys
     assert dense_macs / deployed >= ratio * (1 - 1e-9)
@@ -97,7 +81,7 @@ def test_calibration_gives_the_shapes_and_fits_outputs() -> None:
     small, report = compress(net, 2.0, budget="macs", calibration=x, allocation="error", min_kernel_size=512,
                              fit_steps=3, progress=False, n_jobs=1)
     plain = to_standard(small)
-    assert report.totals["deployed_macs"] == hook_macs(plain, x[:1])
+    assert report.totals["deployed_macs"] == counted_macs(plain, x[:1])
     assert report.totals["deployed_macs_ratio"] >= 2.0
     assert any(r.get("output_error") is not None for r in report)
     with torch.no_grad():
@@ -110,7 +94,7 @@ def test_sensitivity_allocation_spends_macs() -> None:
     x = torch.randn(8, *SHAPE[1:])
     small, report = compress(net, 2.0, budget="macs", calibration=x, allocation="sensitivity", sensitivity_steps=0,
                              fit_steps=2, min_kernel_size=512, progress=False, n_jobs=1)
-    assert report.totals["deployed_macs"] == hook_macs(to_standard(small), x[:1])
+    assert report.totals["deployed_macs"] == counted_macs(to_standard(small), x[:1])
     assert report.totals["deployed_macs_ratio"] >= 2.0  # measured damages keep the frontier's MAC costs
 
 
@@ -120,7 +104,7 @@ def test_params_budget_is_unchanged_and_reports_deployment() -> None:
                              n_jobs=1)
     assert report.totals["budget"] == "params" and report.totals["ratio"] >= 3.0 * 0.999
     plain = to_standard(small)
-    assert report.totals["deployed_macs"] == hook_macs(plain, torch.zeros(SHAPE))
+    assert report.totals["deployed_macs"] == counted_macs(plain, torch.zeros(SHAPE))
     assert report.totals["deployed_params"] == sum(int(p.numel()) for p in plain.parameters())
 
 
@@ -142,7 +126,7 @@ def test_deployed_cost_matches_the_deployed_modules(case: tuple, conv_kw: dict) 
         layer = SeKronConv2d.from_conv(dense, st, rank=rank, implementation="factorized", order=order)
         plain = to_standard(layer, implementation=impl)
         got = deployed_cost(layer, tuple(x.shape), impl)
-        assert got == (hook_macs(plain, x), sum(int(m.weight.numel()) for m in plain.modules()
+        assert got == (counted_macs(plain, x), sum(int(m.weight.numel()) for m in plain.modules()
                                                 if isinstance(m, nn.Conv2d)))
         if impl == "auto":
             assert got == (macs, weights)
@@ -157,7 +141,7 @@ def test_linear_deployed_cost_counts_block_diagonal_stages() -> None:
     layer = SeKronLinear.from_linear(lin, st, rank={lab: 2 for lab in st.bond_labels}, implementation="factorized")
     x = torch.randn(3, 16)
     plain = to_standard(layer)
-    assert deployed_cost(layer, tuple(x.shape)) == (hook_macs(plain, x), sum(int(m.weight.numel()) for m in
+    assert deployed_cost(layer, tuple(x.shape)) == (counted_macs(plain, x), sum(int(m.weight.numel()) for m in
                                                                              plain.modules()
                                                                              if isinstance(m, nn.Linear)))
 
