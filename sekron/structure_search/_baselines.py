@@ -23,7 +23,7 @@ import numpy as np
 
 from ..decomposition import decompose
 from ..linalg.svd import gram_eigvalsh
-from ..structure import Structure
+from ..structure import Structure, count_params
 
 
 class Spectra:
@@ -108,19 +108,24 @@ def fit_caps(st: Structure, base: dict[str, int], budget: float) -> dict[str, in
 
     The fill raises the least-filled bond (relative to ``base``) by one while the budget allows.
     """
-    if st.n_params(base) <= budget:
+    if st.n_params(base) <= budget:  # validates base: every bond a size >= 1, so that the rest can count fast
         return dict(base)
+    labels, sizes = st.labels, st.factor_sizes
+
+    def n_params(rank: dict[str, int]) -> int:  # st.n_params for such complete ranks, without revalidating
+        return count_params(labels, sizes, rank)
+
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if st.n_params(_scaled(base, mid)) <= budget else (lo, mid)
+        lo, hi = (mid, hi) if n_params(_scaled(base, mid)) <= budget else (lo, mid)
     caps = _scaled(base, lo)
     grown = True
     while grown:
         grown = False
         for c in sorted(base, key=lambda c: caps[c] / base[c]):
             trial = {**caps, c: caps[c] + 1}
-            if caps[c] < base[c] and st.n_params(trial) <= budget:
+            if caps[c] < base[c] and n_params(trial) <= budget:
                 caps, grown = trial, True
                 break
     return caps

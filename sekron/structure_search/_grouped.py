@@ -25,9 +25,12 @@ def cp_rank(st: Structure, budget: float) -> int:
     return int(budget // sum(st.factor_sizes))
 
 
-def cp_ranks(st: Structure, budgets: Sequence[float], budget: float) -> list[int]:
-    """The cp ranks of ``st`` worth scoring: one per budget of the ladder up to ``CP_BUDGET_FACTOR * budget``."""
-    return [cp_rank(st, b) for b in budgets if cp_rank(st, b) >= 1 and b <= CP_BUDGET_FACTOR * budget]
+def cp_ranks(st: Structure, budgets: Sequence[float], budget: float, below: float | None = None) -> list[int]:
+    """The cp ranks of ``st`` worth scoring: one per budget of the ladder up to ``CP_BUDGET_FACTOR * budget``
+    (and, with ``below``, under it: compress passes the dense size, where the dense layer itself, exact,
+    is always a choice, so that a fit of its costliest rank would not compress)."""
+    return [cp_rank(st, b) for b in budgets
+            if cp_rank(st, b) >= 1 and b <= CP_BUDGET_FACTOR * budget and (below is None or b < below)]
 
 
 def set_partitions(items: Sequence[int], blocks: int) -> list[list[list[int]]]:
@@ -81,18 +84,22 @@ def spatial_grouped(shape: tuple[int, ...], n_factors: int) -> list[tuple[tuple[
 
 
 def whole_mode_families(W: np.ndarray, budget: float, budgets: Sequence[float], top_budget: float,
-                        n_factors: Sequence[int], patterns: Sequence[str], s2_pattern: str | None) -> list[sc.Family]:
+                        n_factors: Sequence[int], patterns: Sequence[str], s2_pattern: str | None,
+                        octaves: bool = False, select: float | None = None) -> list[sc.Family]:
     """Whole-mode grids: every S = 2 split of the modes into two groups, e.g. ``(F | C kh kw)`` or
-    ``(F kh | C kw)``, from spectra; CP and Tucker of the kernel seen as ``(F, C, kh*kw)``."""
+    ``(F kh | C kw)``, from spectra; CP and Tucker of the kernel seen as ``(F, C, kh*kw)``.
+
+    The grids are admitted at ``select`` (default ``budget``); ``budget`` sets the cp ranks."""
+    select = budget if select is None else select
     fams: list[sc.Family] = []
     if 2 in n_factors and s2_pattern is not None:
         for grid in grouped_grids(W.shape, 2) if W.ndim >= 3 else []:
-            if sum(math.prod(s) for s in grid) <= budget:
+            if sum(math.prod(s) for s in grid) <= select:
                 fams.append(sc.two_factor(W, Structure(grid), top_budget, s2_pattern))
     if 3 not in n_factors:
         return fams
     for grid in spatial_grouped(W.shape, 3):
-        if sum(math.prod(s) for s in grid) > budget:
+        if sum(math.prod(s) for s in grid) > select:
             continue
         if "tucker" in patterns:
             T = Structure(grid).rearrange(W)
@@ -101,7 +108,7 @@ def whole_mode_families(W: np.ndarray, budget: float, budgets: Sequence[float], 
             fams.append(fam)
         if "cp" in patterns:
             st = Structure(grid, "cp")
-            ranks = cp_ranks(st, budgets, budget)
+            ranks = cp_ranks(st, budgets, budget, W.size if octaves else None)
             if ranks:
-                fams.append(sc.cp_family(W, st, ranks))
+                fams.append(sc.cp_family(W, st, ranks, octaves))
     return fams

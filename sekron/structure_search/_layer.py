@@ -39,6 +39,11 @@ METHODS: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]] = {
 LADDER = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: budgets on the same span for the single-format methods (tt, tr, cp, tucker)
 FINE_LADDER = 25
+#: the structures are selected at the centre of bands of SELECT_BAND octaves, the band of ratio 4 centred on 4
+#: (:func:`select_budget`): ratios 2 to 8 select the same structures, so compressing again at 2x or 8x after
+#: 4x finds every spectrum, split and fit of those structures in the cache
+SELECT_BAND = 3
+SELECT_CENTRE = 2
 
 
 def anchor(size: int, budget: float) -> float:
@@ -50,6 +55,20 @@ def anchor(size: int, budget: float) -> float:
     (256.0, 512.0)
     """
     return min(float(size), size * 2.0 ** round(math.log2(budget / size)))
+
+
+def select_budget(size: int, budget: float) -> float:
+    """The budget at which compress selects a layer's structures: the :func:`anchor` of ``budget`` moved
+    to the centre of its band of :data:`SELECT_BAND` octaves (at most ``size``), at most one octave away.
+
+    Examples
+    --------
+    >>> [select_budget(1024, 1024 / r) for r in (2, 4, 8, 16, 32)]
+    [256.0, 256.0, 256.0, 32.0, 32.0]
+    """
+    octave = round(math.log2(size / anchor(size, budget)))
+    centre = SELECT_CENTRE + SELECT_BAND * round((octave - SELECT_CENTRE) / SELECT_BAND)
+    return min(float(size), size * 2.0 ** -max(centre, 0))
 
 
 def ladder(size: int, budget: float, fine: bool = False) -> list[float]:
@@ -77,8 +96,10 @@ def layer_families(W: np.ndarray, budget: float, method: str) -> list[sc.Family]
     """
     n_factors, patterns, baselines = METHODS[method]
     base = anchor(W.size, budget)
-    steps = ladder(W.size, budget, fine=not n_factors)
-    return families(W, base, n_factors, patterns, baselines, ladder=steps, spectrum_top=min(W.size, 8 * base))
+    fine = not n_factors
+    steps = ladder(W.size, budget, fine=fine)
+    return families(W, base, n_factors, patterns, baselines, ladder=steps, spectrum_top=min(W.size, 8 * base),
+                    octaves=not fine, select=None if fine else select_budget(W.size, budget))
 
 
 def aligned(a: Any) -> np.ndarray:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -53,6 +54,10 @@ ALS_ITERS = 18
 EXTRAPOLATE_FROM = 8
 #: flop allowance of one cp candidate's ALS (fewer sweeps on large weights)
 ALS_FLOPS = 1.0e9
+#: compress's cp fits within ``dense size / 2**CHAIN_ROOT`` parameters or fewer start from the SVD, larger ones
+#: from the fit an octave below (:func:`octave_ranks`): at 4x (ladder octaves 4 to 1) this is the chain of a
+#: ladder that starts at its smallest rank, and the fits of 8x and 2x share all but one octave with it
+CHAIN_ROOT = 4
 #: columns of the randomized sketch that screens large S = 2 grids
 SKETCH = 32
 #: TT / TR / Tucker rank profiles (the target ``t`` of :func:`sekron.structure_search._baselines.profile`):
@@ -101,6 +106,12 @@ def _family(st: Structure, kind: str, params: Any, err: Any, ranks: Any, extra: 
                   np.asarray(ranks, dtype=np.int64).reshape(len(params), -1), extra)
 
 
+@functools.lru_cache(maxsize=4096)
+def with_pattern(st: Structure, pattern: str) -> Structure:
+    """``st.with_pattern(pattern)``, built and validated once (Structures are immutable)."""
+    return st.with_pattern(pattern)
+
+
 def _tails(s2: np.ndarray, total: np.ndarray | float) -> np.ndarray:
     """``tails[..., r] = total - sum_{i < r} s2[..., i]`` for r = 0..k (never below 0)."""
     head = np.concatenate([np.zeros((*s2.shape[:-1], 1)), np.cumsum(s2, axis=-1)], axis=-1)
@@ -135,14 +146,16 @@ def two_factor(W: np.ndarray, st: Structure, max_params: float, pattern: str) ->
     k = s2.shape[0]
     R = np.arange(1, k + 1)
     R = R[R * (P1 + P2) <= max(max_params, P1 + P2)]
-    return _rank_points(st.with_pattern(pattern), R[:, None], R * (P1 + P2), tails[R], norm2)
+    return _rank_points(with_pattern(st, pattern), R[:, None], R * (P1 + P2), tails[R], norm2)
 
 
-def screen_error(W32: np.ndarray, st: Structure, max_params: float, total: float) -> float:
+def screen_error(W32: np.ndarray, st: Structure, max_params: float, total: float, cached: bool = False) -> float:
     """Approximate S = 2 error at the largest rank within ``max_params``, for screening grids only.
 
     Exact (float32 Gram) when that is cheap; otherwise a one-pass randomized range finder
-    with ``min(R, SKETCH) + 8`` columns, the spectrum beyond it extrapolated flat.
+    with ``min(R, SKETCH) + 8`` columns, the spectrum beyond it extrapolated flat. With ``cached``
+    the spectrum is memoised (kind ``screen``): it depends on the budget only through the sketch's
+    width, which is the same for every rank from :data:`SKETCH` on.
     """
     P1, P2 = st.factor_sizes
     R = int(max_params // (P1 + P2))
@@ -150,11 +163,14 @@ def screen_error(W32: np.ndarray, st: Structure, max_params: float, total: float
         return math.inf
     if total == 0:
         return 0.0
-    M = st.rearrange(W32).reshape(P1, P2)
     k = min(R, SKETCH) + 8
-    if min(P1, P2) <= 2 * k:
-        s2 = gram_eigvalsh(M)
-    else:  # s^2 of Q^T M for Q = orth(M Omega): the generalized eigenvalues of (Z Z^T, Y^T Y)
+    exact = min(P1, P2) <= 2 * k
+
+    def spectrum() -> dict[str, np.ndarray]:
+        M = st.rearrange(W32).reshape(P1, P2)
+        if exact:
+            return {"s2": gram_eigvalsh(M)}
+        # s^2 of Q^T M for Q = orth(M Omega): the generalized eigenvalues of (Z Z^T, Y^T Y)
         from scipy.linalg import eigh
 
         Omega = np.random.default_rng(0).standard_normal((P2, k)).astype(M.dtype)
@@ -162,7 +178,12 @@ def screen_error(W32: np.ndarray, st: Structure, max_params: float, total: float
         Z = (Y.T @ M).astype(np.float64)
         B = (Y.T @ Y).astype(np.float64)
         B[np.diag_indices(k)] += 1e-7 * max(float(np.trace(B)), 1e-300)
-        s2 = np.clip(eigh(Z @ Z.T, B, eigvals_only=True)[::-1], 0.0, None)[: min(R, SKETCH)]
+        return {"s2": np.clip(eigh(Z @ Z.T, B, eigvals_only=True)[::-1], 0.0, None)}
+
+    s2 = (memo("screen", W32, {"grid": st.factor_shapes, "k": None if exact else k}, spectrum) if cached
+          else spectrum())["s2"]
+    if not exact:
+        s2 = s2[: min(R, SKETCH)]
         s2 = np.concatenate([s2, np.full(max(R - s2.size, 0), s2[-1])])  # extrapolate beyond the sketch
     return math.sqrt(max(total - float(np.sum(s2[:R], dtype=np.float64)), 0.0) / total)
 
@@ -247,7 +268,7 @@ def _nested3(st: Structure, blocks: np.ndarray, s2: np.ndarray, tail1: np.ndarra
     R2 = np.arange(1, branch.shape[1])
     params = R1[:, None] * P1 + R1[:, None] * R2[None, :] * (P2 + P3)
     err2 = tail1[R1][:, None] + cum[:, 1:]
-    return _grid_points(st.with_pattern("nested"), R1, params, err2, norm2, max_params)
+    return _grid_points(with_pattern(st, "nested"), R1, params, err2, norm2, max_params)
 
 
 def _gram3(st: Structure, blocks: np.ndarray, tail1: np.ndarray, norm2: float, max_params: float,
@@ -267,7 +288,7 @@ def _gram3(st: Structure, blocks: np.ndarray, tail1: np.ndarray, norm2: float, m
         else:
             params[i, : len(R2)] = R1 * P1 + R2 * P2 + R1 * R2 * P3
         err2[i, : len(R2)] = tail1[R1] + tail[1:]
-    return _grid_points(st.with_pattern(pattern), R1s, params, err2, norm2, max_params)
+    return _grid_points(with_pattern(st, pattern), R1s, params, err2, norm2, max_params)
 
 
 def _mttkrp(T: np.ndarray, facs: list[np.ndarray], k: int, unfolded: np.ndarray | None = None) -> np.ndarray:
@@ -401,12 +422,45 @@ def warm_start(T: np.ndarray, prev: Sequence[np.ndarray], R: int) -> list[np.nda
     return out
 
 
-def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int]) -> Family:
+def octave_ranks(size: int, st: Structure, ranks: Sequence[int]) -> tuple[list[int], int]:
+    """The ranks :func:`cp_family` fits with ``octaves=True``: ``ranks`` and the octave ranks that lead to
+    them, ascending; and the root rank, at and below which every fit starts from the SVD.
+
+    The octave rank of octave ``m`` is the cp rank of ``st`` within ``size / 2**m`` parameters (the budgets
+    of compress's ladder, :func:`sekron.structure_search._layer.ladder`). The root is octave
+    :data:`CHAIN_ROOT`; a rank above it is warm-started from the octave rank below it, down to the root,
+    so its fit depends on the rank only, never on which others were asked for.
+
+    Examples
+    --------
+    >>> st = Structure([(4, 1, 1), (1, 4, 1), (1, 1, 8)], "cp")
+    >>> octave_ranks(128, st, [2, 4])
+    ([1, 2, 4], 0)
+    """
+    s = sum(st.factor_sizes)
+    root = int(size * 2.0 ** -CHAIN_ROOT // s)
+    want = sorted({int(r) for r in ranks if r >= 1})
+    warm = [r for r in want if r > root]
+    lead = set()
+    for m in range(CHAIN_ROOT, -1, -1):
+        r = int(size * 2.0 ** -m // s)
+        if warm and 1 <= r < warm[-1]:
+            lead.add(r)
+    return sorted(set(want) | lead), root
+
+
+def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int], octaves: bool = False) -> Family:
     """CP-ALS at the given ranks; the factors go to ``decompose`` as its init, so it reproduces them.
 
     The smallest rank starts from the SVD; each larger one from the fit of the rank before it
     (:func:`warm_start`), in as many sweeps: on real kernels that mostly ends well below a cold
     start's error (docs/speed.md). A fit's cache key holds the chain of ranks it was started from.
+
+    With ``octaves`` (compress's ladder, whose budgets are the dense size over powers of two) the chain
+    is the one of :func:`octave_ranks` instead: the fits at and below the root rank start from the SVD,
+    and a larger rank from the octave rank below it (fitted when it was not asked for, and not returned).
+    A fit then depends only on its rank, so compressing again at a ratio an octave away finds the
+    ranks that the two ladders share in the cache.
     """
     from tensorly.cp_tensor import CPTensor
 
@@ -429,7 +483,11 @@ def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int]) -> Family:
             out[k] = np.array(canon[i])
         return out
 
-    for R in sorted(set(int(r) for r in ranks if r >= 1)):
+    wanted = {int(r) for r in ranks if r >= 1}
+    order, root = octave_ranks(W.size, st, ranks) if octaves and st.n_factors > 2 else (sorted(wanted), 0)
+    for R in order:
+        if R <= root:  # octave chains restart at the root
+            prev, chain = None, []
         n_iter = 0 if st.n_factors == 2 else _als_iters(T.size, R, T.ndim)
 
         def fit(R: int = R, n_iter: int = n_iter, prev: list[np.ndarray] | None = prev) -> dict[str, Any]:
@@ -454,6 +512,8 @@ def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int]) -> Family:
             prev = [np.array(got_R[f"f{k}"]) for k in range(T.ndim)]
             options = {"rank": R, "init": CPTensor((np.ones(R), in_st_order(prev))), "n_iter_max": 0}
             chain.append([R, n_iter])
+        if R not in wanted:  # a lead fit of the octave chain
+            continue
         params.append(int(got_R["params"]))
         err.append(float(got_R["err"]))
         opts.append(options)
@@ -470,11 +530,16 @@ def caps_family(W: np.ndarray, st: Structure, budgets: Sequence[float], tols: Se
     rank=caps)``, which gives the exact error from the discarded singular values.
     """
     sp = spectra if spectra is not None else bl.Spectra(W)
-    if tols is None and len(budgets) == 1:  # one budget (search): the profile matched to it, and a second one
+    ladder = not (tols is None and len(budgets) == 1)
+    if not ladder:  # one budget (search): the profile matched to it, and a second one
         bases = [bl.matched_profile(sp, st, budgets[0])]
         bases += [p for p in bl.profiles(sp, st, SECOND_PROFILE_TOLS) if p not in bases]
-    else:  # a ladder (compress): two profiles, for a finer frontier
-        bases = bl.profiles(sp, st, LADDER_PROFILE_TOLS if tols is None else tols)
+    else:  # a ladder (compress): two profiles, for a finer frontier (memoised: the spectra are not needed again)
+        ts = list(LADDER_PROFILE_TOLS if tols is None else tols)
+        got = memo("profiles", W, {"structure": st.to_dict(), "tols": ts},
+                   lambda: {"p": np.array([[p[c] for c in st.bond_labels] for p in bl.profiles(sp, st, ts)],
+                                          dtype=np.int64)})
+        bases = [{c: int(r) for c, r in zip(st.bond_labels, row)} for row in got["p"]]
     params: list[int] = []
     err: list[float] = []
     opts: list[dict[str, Any]] = []
@@ -482,7 +547,15 @@ def caps_family(W: np.ndarray, st: Structure, budgets: Sequence[float], tols: Se
     done: set[tuple[tuple[str, int], ...]] = set()
     for base in bases:
         for budget in budgets:
-            caps = bl.fit_caps(st, base, budget)
+            if ladder:  # memoised: a pure function of (st, base, budget), but a bisection in Python
+                def fitted(base: dict[str, int] = base, budget: float = budget) -> dict[str, np.ndarray]:
+                    caps = bl.fit_caps(st, base, budget)
+                    return {"caps": np.array([caps[c] for c in st.bond_labels], dtype=np.int64)}
+
+                row = memo("capsfit", W, {"structure": st.to_dict(), "base": base, "budget": budget}, fitted)
+                caps = {c: int(r) for c, r in zip(st.bond_labels, row["caps"])}
+            else:
+                caps = bl.fit_caps(st, base, budget)
             key = tuple(sorted(caps.items()))
             if key in done:
                 continue

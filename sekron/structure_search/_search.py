@@ -40,6 +40,7 @@ are not left behind tensorly's ``parafac`` at the same rank by an early stop.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import time
@@ -198,9 +199,15 @@ def _grid_cost(st: Structure) -> float:
     return 2.0 * min(P1, P2) ** 2 * max(P1, P2)
 
 
+@functools.lru_cache(maxsize=512)
+def _grids(shape: tuple[int, ...]) -> tuple[Structure, ...]:
+    """The non-trivial S = 2 grids of ``shape`` (Structures are immutable: built and validated once per shape)."""
+    return tuple(structures(shape, 2, exclude_trivial=True))
+
+
 def _two_factor_grids(W: np.ndarray, budget: float, top: float, pattern: str) -> list[sc.Family]:
     """Score S = 2 grids (ranks up to ``top`` parameters): all of them, or those a coordinate descent visits."""
-    grids = [g for g in structures(W.shape, 2, exclude_trivial=True) if sum(g.factor_sizes) <= budget]
+    grids = [g for g in _grids(tuple(W.shape)) if sum(g.factor_sizes) <= budget]
     if sum(_grid_cost(g) for g in grids) <= EXHAUSTIVE_FLOPS:
         return [sc.two_factor(W, g, top, pattern) for g in grids]
     return _coordinate_descent(W, budget, top, pattern)
@@ -223,7 +230,7 @@ def _coordinate_descent(W: np.ndarray, budget: float, top: float, pattern: str) 
             st = Structure(grid, pattern)
             seen[first] = math.inf
             if all(math.prod(s) > 1 for s in grid) and sum(st.factor_sizes) <= budget:
-                seen[first] = sc.screen_error(W32, st, budget, total)
+                seen[first] = sc.screen_error(W32, st, budget, total, cached=True)
         return seen[first]
 
     cur = tuple(_middle_divisor(d) for d in shape)  # from the balanced split
@@ -252,25 +259,40 @@ def _refine(W: np.ndarray, fam: sc.Family, budget: float, top: float, patterns: 
                lambda: dict(zip(("s2", "C"), sc.level1(fam.structure.rearrange(W), P1, r))))
     s2, C = got["s2"], got["C"]
     k1 = s2.shape[0]
-    splits = [g for g in structures(b, 2, exclude_trivial=True) if P1 + sum(g.factor_sizes) <= budget]
+    splits = [g for g in _grids(tuple(b)) if P1 + sum(g.factor_sizes) <= budget]
     norm2 = float(np.sum(W * W))
     if len(splits) > TOP_SPLITS:
         splits = sorted(splits, key=sc.split_screen(C, s2, b, P1, budget, norm2, len(splits)))[:TOP_SPLITS]
     nested_fams = []
-    rows = {}
+
+    def three(st3: Structure, pats: list[str]) -> list[sc.Family]:
+        """``three_factor`` of ``st3`` from the level-1 split (memoised: a function of the split, ``top`` and
+        ``pats``, not of the budget, so ratios an octave apart share it)."""
+        def compute() -> dict[str, np.ndarray]:
+            b1, b2 = st3.factor_shapes[1:]
+            batched = Structure([(k1, *b1), (1, *b2)]).rearrange(C.reshape((k1, *b)))
+            rows = batched.reshape(k1, math.prod(b1), math.prod(b2)).reshape(k1, -1)
+            out: dict[str, np.ndarray] = {}
+            for i, f in enumerate(sc.three_factor(W, st3, top, pats, (s2, rows), norm2)):
+                out |= {f"params{i}": f.params, f"err{i}": f.err, f"ranks{i}": f.ranks}
+            return out
+        got = memo("three", W, {"grid": fam.structure.factor_shapes, "r": r, "split": st3.factor_shapes,
+                                "top": float(top), "patterns": pats}, compute)
+        order = [p for p in ("nested", "chain", "tucker") if p in pats]
+        return [sc._family(sc.with_pattern(st3, p), "spectrum", got[f"params{i}"], got[f"err{i}"], got[f"ranks{i}"])
+                for i, p in enumerate(order)]
+
     for g in splits:
         b1, b2 = g.factor_shapes
         st3 = Structure([a, b1, b2], "nested")
-        batched = Structure([(k1, *b1), (1, *b2)]).rearrange(C.reshape((k1, *b)))
-        rows[st3] = batched.reshape(k1, math.prod(b1), math.prod(b2)).reshape(k1, -1)
-        nested_fams.append((st3, sc.three_factor(W, st3, top, ["nested"], (s2, rows[st3]), norm2)[0]))
+        nested_fams.append((st3, three(st3, ["nested"])[0]))
     if not nested_fams:
         return []
     ranked = sorted(nested_fams, key=lambda sf: _best_err(sf[1], budget))
     out = [f for _, f in nested_fams] if "nested" in patterns else []
     others = [p for p in ("chain", "tucker") if p in patterns]
     for st3, _ in ranked[:TOP_REFINE] if others else []:
-        out += sc.three_factor(W, st3, top, others, (s2, rows[st3]), norm2)
+        out += three(st3, others)
     return out
 
 
@@ -279,7 +301,8 @@ def _best_err(fam: sc.Family, budget: float) -> float:
     return math.inf if idx is None else float(fam.err[idx])
 
 
-def _baselines(W: np.ndarray, budget: float, budgets: Sequence[float], which: Sequence[str]) -> list[sc.Family]:
+def _baselines(W: np.ndarray, budget: float, budgets: Sequence[float], which: Sequence[str],
+               octaves: bool = False) -> list[sc.Family]:
     """The axis-aligned formats; cp (ALS) only up to ``CP_BUDGET_FACTOR * budget`` unless it is the only one
     asked for."""
     out = []
@@ -287,8 +310,8 @@ def _baselines(W: np.ndarray, budget: float, budgets: Sequence[float], which: Se
     for name in which:
         st = getattr(Structure, name)(W.shape)
         if name == "cp":
-            ranks = cp_ranks(st, budgets, math.inf if len(which) == 1 else budget)
-            fam = sc.cp_family(W, st, ranks) if ranks else None
+            ranks = cp_ranks(st, budgets, math.inf if len(which) == 1 else budget, W.size if octaves else None)
+            fam = sc.cp_family(W, st, ranks, octaves) if ranks else None
         else:
             fam = sc.caps_family(W, st, budgets, spectra=spectra)
         if fam is not None:
@@ -299,45 +322,53 @@ def _baselines(W: np.ndarray, budget: float, budgets: Sequence[float], which: Se
 
 def families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: Sequence[str],
              baselines: Sequence[str] = BASELINES, ladder: Sequence[float] = (),
-             spectrum_top: float | None = None) -> list[sc.Family]:
+             spectrum_top: float | None = None, octaves: bool = False,
+             select: float | None = None) -> list[sc.Family]:
     """Every scored family for ``W`` (float64 numpy) under a parameter budget.
 
     ``budget`` decides the pruning; the spectrum families keep every rank up to
     ``max(budget, *ladder, spectrum_top)`` parameters, and the ALS and rank-cap families are also
-    evaluated at each budget of ``ladder`` (used by :func:`sekron.torch.compress`).
+    evaluated at each budget of ``ladder`` (used by :func:`sekron.torch.compress`). ``octaves``: the
+    ladder's budgets are the dense size over powers of two, and the cp fits follow octave chains
+    (:func:`sekron.structure_search._scoring.octave_ranks`), so that ladders an octave apart share them.
+    ``select`` (default ``budget``): the budget at which the structures are selected (which grids are
+    admitted, refined and fitted by ALS); ``budget`` still sets the cp ranks.
     """
     # numpy throughout, whatever tensorly's global backend; each full-size unfolding's Gram matrix is
     # solved once and shared by every truncation of it (rank caps, SVD starts of the ALS, level-1 splits)
     with single_blas_thread(), using("numpy"), shared_eigh(W.size):
-        return _families(W, budget, n_factors, patterns, baselines, ladder, spectrum_top)
+        return _families(W, budget, n_factors, patterns, baselines, ladder, spectrum_top, octaves,
+                         budget if select is None else float(select))
 
 
 def _families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: Sequence[str],
-              baselines: Sequence[str], ladder: Sequence[float], spectrum_top: float | None) -> list[sc.Family]:
+              baselines: Sequence[str], ladder: Sequence[float], spectrum_top: float | None,
+              octaves: bool = False, select: float | None = None) -> list[sc.Family]:
+    select = budget if select is None else select
     budgets = sorted({float(budget), *(float(b) for b in ladder)})
     top_budget = max(budgets[-1], spectrum_top or 0.0)
     fams: list[sc.Family] = []
     s2_pattern = next((p for p in ("nested", "cp", "chain") if p in patterns), None)
     if 2 in n_factors or 3 in n_factors:
-        two = _two_factor_grids(W, budget, top_budget, s2_pattern or "nested")
+        two = _two_factor_grids(W, select, top_budget, s2_pattern or "nested")
         if 2 in n_factors and s2_pattern is not None:
             fams += two
         if 3 in n_factors:
-            top = sorted(two, key=lambda f: _best_err(f, budget))[:TOP_GRIDS]
+            top = sorted(two, key=lambda f: _best_err(f, select))[:TOP_GRIDS]
             three: list[sc.Family] = []
             for fam in top:
-                three += _refine(W, fam, budget, top_budget, patterns)
+                three += _refine(W, fam, select, top_budget, patterns)
             fams += three
             if "cp" in patterns:
                 best3 = sorted({f.structure.factor_shapes: f for f in three}.values(),
-                               key=lambda f: _best_err(f, budget))[:TOP_CP]
+                               key=lambda f: _best_err(f, select))[:TOP_CP]
                 for f in best3:
                     st = Structure(f.structure.factor_shapes, "cp")
-                    ranks = cp_ranks(st, budgets, budget)
+                    ranks = cp_ranks(st, budgets, budget, W.size if octaves else None)
                     if ranks:
-                        fams.append(sc.cp_family(W, st, ranks))
-    fams += _grouped(W, budget, budgets, top_budget, n_factors, patterns, s2_pattern)
-    fams += _baselines(W, budget, budgets, baselines)
+                        fams.append(sc.cp_family(W, st, ranks, octaves))
+    fams += _grouped(W, budget, budgets, top_budget, n_factors, patterns, s2_pattern, octaves, select)
+    fams += _baselines(W, budget, budgets, baselines, octaves)
     return fams
 
 
