@@ -86,6 +86,18 @@ def test_same_octave_reuses_whole_layer_results() -> None:
     assert list(second) == list(report)
 
 
+@pytest.mark.parametrize("second", [8, 2])
+def test_an_octave_away_equals_cold_with_fewer_misses(second: int) -> None:
+    cache = SearchCache()
+    compress(_net(), 4, progress=False, n_jobs=1, cache=cache, min_kernel_size=256)
+    warm, report = compress(_net(), second, progress=False, n_jobs=1, cache=cache, min_kernel_size=256)
+    assert report.totals["cache_layers_reused"] == 0  # another octave: the searches ran, from the cache
+    cold, cold_report = compress(_net(), second, progress=False, n_jobs=1, cache=False, min_kernel_size=256)
+    assert _models_equal(warm, cold)
+    assert list(report) == list(cold_report)
+    assert report.totals["cache_hits"] > 0 and report.totals["cache_misses"] < cold_report.totals["cache_misses"]
+
+
 def test_disk_cache_survives_a_new_cache_object(tmp_path) -> None:
     _, first = compress(_net(), 4, progress=False, n_jobs=1, cache=SearchCache(tmp_path), min_kernel_size=256)
     assert first.totals["cache_misses"] > 0
