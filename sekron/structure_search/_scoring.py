@@ -483,6 +483,22 @@ def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int], octaves: bool 
             out[k] = np.array(canon[i])
         return out
 
+    def svd_start(R: int) -> list[np.ndarray]:
+        """:func:`fast_als`'s SVD start at a rank ``R <= root``: the leading vectors of each unfolding at the
+        root rank (memoised, kind ``cpstart``), their first ``R``. A fit below the root then needs no
+        eigen-decomposition of the unfoldings, which a second compress would otherwise redo for it."""
+        top = memo("cpstart", Tc, {"R": root}, lambda: {
+            f"u{k}": leading_vectors(np.moveaxis(Tc, k, 0).reshape(Tc.shape[k], -1), root) for k in range(Tc.ndim)})
+        rng = np.random.default_rng(0)  # the padding of fast_als's own start
+        out = []
+        for k in range(Tc.ndim):
+            U = top[f"u{k}"][:, :R]
+            if U.shape[1] < R:
+                P = U.shape[0]
+                U = np.concatenate([U, rng.standard_normal((P, R - U.shape[1])) / math.sqrt(P)], axis=1)
+            out.append(U)
+        return out
+
     wanted = {int(r) for r in ranks if r >= 1}
     order, root = octave_ranks(W.size, st, ranks) if octaves and st.n_factors > 2 else (sorted(wanted), 0)
     for R in order:
@@ -494,8 +510,8 @@ def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int], octaves: bool 
             if st.n_factors == 2:
                 options: dict[str, Any] = {"rank": R}
             else:
-                canon = fast_als(Tc, R, n_iter, init=None if prev is None else warm_start(Tc, prev, R),
-                                 extrapolate=n_iter >= EXTRAPOLATE_FROM)
+                start = (warm_start(Tc, prev, R) if prev is not None else svd_start(R) if R <= root else None)
+                canon = fast_als(Tc, R, n_iter, init=start, extrapolate=n_iter >= EXTRAPOLATE_FROM)
                 options = {"rank": R, "init": CPTensor((np.ones(R), in_st_order(canon))), "n_iter_max": 0}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # tensorly's SVD init clipping its n_eigenvecs
@@ -507,8 +523,9 @@ def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int], octaves: bool 
             got_R = memo("cp", W, {"grid": st.factor_shapes, "R": R, "n_iter": n_iter}, fit)
             options = {"rank": R}
         else:
-            got_R = memo("cp", Tc, {"R": R, "n_iter": n_iter, "warm": list(chain),
-                                    "extrapolate": n_iter >= EXTRAPOLATE_FROM}, fit)
+            key: dict[str, Any] = {"R": R, "n_iter": n_iter, "warm": list(chain),
+                                   "extrapolate": n_iter >= EXTRAPOLATE_FROM}
+            got_R = memo("cp", Tc, key | ({"start": root} if R < root else {}), fit)
             prev = [np.array(got_R[f"f{k}"]) for k in range(T.ndim)]
             options = {"rank": R, "init": CPTensor((np.ones(R), in_st_order(prev))), "n_iter_max": 0}
             chain.append([R, n_iter])
