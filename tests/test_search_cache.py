@@ -88,7 +88,8 @@ def test_disk_cache_is_npz_and_json_and_reused(tmp_path) -> None:
     second = SearchCache(tmp_path)  # a fresh process would start like this
     with second.using(W):
         warm = layer_families(W, W.size / 5, "sekron")
-    assert second.misses == 0 and second.hits == first.hits + first.misses
+    # every lookup hits; a cp fit's own lookup of its start (cpstart) happens only when the fit is computed
+    assert second.misses == 0 and 0 < second.hits <= first.hits + first.misses
     _same_families(warm, cold)
 
 
