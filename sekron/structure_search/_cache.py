@@ -9,7 +9,12 @@ the content hash of the array it was computed from and the exact arguments of th
 - ``cp``: the CP-ALS factors at one rank and sweep count (and the chain of ranks it was warm-started
   from), with the exact error ``decompose`` gives them; keyed by the content of the CP problem (its
   tensor, modes by decreasing size), so two grids that are the same problem share one fit;
-- ``caps``: one rank-capped TT / TR / Tucker decomposition (its ranks and error).
+- ``caps``: one rank-capped TT / TR / Tucker decomposition (its ranks and error);
+- ``cpstart``: the leading vectors of each unfolding of a CP problem at the root rank of compress's octave
+  chains, from which the fits below the root start;
+- cheaper ones that a second ratio would otherwise redo: ``three`` (the nested / chain / tucker spectra of
+  an S = 3 refinement), ``screen`` (the spectrum behind a coordinate-descent screen), ``profiles`` (TT / TR /
+  Tucker rank profiles) and ``capsfit`` (those profiles fitted to a budget).
 
 A value is only ever reused for the same array content and the same arguments, so a
 search with a warm cache returns exactly what a cold one returns; what changes with the
