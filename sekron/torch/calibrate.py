@@ -571,16 +571,17 @@ def refit_dense(layer: Any, grams: Grams, ridge: float = 1e-2) -> FitResult:
     def loss(M: torch.Tensor) -> float:
         return float(((M @ A) * M).sum() - 2 * (G * M).sum() + yy) / yy
 
-    start = loss(W)
+    raw = loss(W)
+    start = max(raw, 0.0)  # float64 rounding can leave an exact match slightly below 0 (its sqrt then fails)
     n = A.shape[0] - (layer.bias is not None)
     if grams.count < REFIT_SAMPLES_PER_UNKNOWN * A.shape[0]:
-        return FitResult(start, max(start, 0.0), 0)
+        return FitResult(start, start, 0)
     lam = ridge * float(A.diagonal()[:n].mean()) if n else 0.0
     mask = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
     mask[:n] = lam
     new = torch.linalg.solve(A + torch.diag(mask), (G + W * mask).T).T
     after = loss(new)
-    if after < start:
+    if after < raw:
         with torch.no_grad():
             n = layer.weight[0].numel()
             layer.weight.copy_(new[:, :n].reshape(layer.weight.shape).to(layer.weight.dtype))
