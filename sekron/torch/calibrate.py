@@ -282,13 +282,20 @@ def gram_bytes(dense_layer: Any) -> int:
     return 8 * n * (n + int(w.shape[0]))
 
 
-def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tensor, take: Any) -> None:
+def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tensor, take: Any,
+                   stand_ins: Sequence[nn.Module] | None = None) -> None:
     """Run ``model(x)`` until every one of ``modules`` has been called once; ``take(i, input)`` at each first call.
 
     Forward pre-hooks see each module's input; the pass stops (a private exception) right
-    before the last of them would run, so nothing after the group is computed.
+    before the last of them would run, so nothing after the group is computed. With
+    ``stand_ins``, the output of ``modules[i]`` is replaced by ``stand_ins[i]`` applied to
+    the same input (forward hooks), so later members see it instead.
     """
     pending = {id(m): i for i, m in enumerate(modules)}
+    swap = {} if stand_ins is None else {id(m): s for m, s in zip(modules, stand_ins)}
+
+    def replace(mod: nn.Module, args: Any, out: Any) -> Any:
+        return swap[id(mod)](*args)
 
     def hook(mod: nn.Module, args: Any) -> None:
         i = pending.pop(id(mod), None)
@@ -299,6 +306,7 @@ def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tens
             raise _StopForwardError
 
     handles = [m.register_forward_pre_hook(hook) for m in modules]
+    handles += [m.register_forward_hook(replace) for m in modules if id(m) in swap]
     try:
         with torch.no_grad():
             model(x)
@@ -315,7 +323,7 @@ def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tens
 
 def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module], model: nn.Module,
                        layers: Sequence[nn.Module], batches: Sequence[torch.Tensor], max_samples: int,
-                       generator: torch.Generator) -> list[Grams]:
+                       generator: torch.Generator, dense_members: bool = False) -> list[Grams]:
     """Stream the Gram matrices of several layers at once, one pair of forward passes per batch.
 
     ``dense_layers[i]`` (in ``dense_model``) and ``layers[i]`` (in ``model``) are the same
@@ -332,6 +340,10 @@ def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module]
     seen by ``layers[i]`` come from ``model`` as it is during the call: when the caller
     fits the group's layers only afterwards, a later layer's input carries the earlier
     group members' error *before* their fit (see ``compress``'s ``fit_group_bytes``).
+    With ``dense_members=True`` each member of the group instead passes on what its dense
+    layer computes from its actual input (``dense_layers[i]`` applied in ``model``'s pass):
+    a later member then sees the prefix's drift but not the weight-fit error of the
+    members fitted together with it, which their fit removes for the most part.
 
     Examples
     --------
@@ -384,7 +396,7 @@ def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module]
     for x in batches:
         per_input[0] = x.shape[0]
         _capture_group(dense_model, dense_layers, x, take_dense)
-        _capture_group(model, layers, x, take_actual)
+        _capture_group(model, layers, x, take_actual, dense_layers if dense_members else None)
     out = []
     for i in range(k):
         a, g = A[i], G[i]
@@ -559,16 +571,17 @@ def refit_dense(layer: Any, grams: Grams, ridge: float = 1e-2) -> FitResult:
     def loss(M: torch.Tensor) -> float:
         return float(((M @ A) * M).sum() - 2 * (G * M).sum() + yy) / yy
 
-    start = loss(W)
+    raw = loss(W)
+    start = max(raw, 0.0)  # float64 rounding can leave an exact match slightly below 0 (its sqrt then fails)
     n = A.shape[0] - (layer.bias is not None)
     if grams.count < REFIT_SAMPLES_PER_UNKNOWN * A.shape[0]:
-        return FitResult(start, max(start, 0.0), 0)
+        return FitResult(start, start, 0)
     lam = ridge * float(A.diagonal()[:n].mean()) if n else 0.0
     mask = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
     mask[:n] = lam
     new = torch.linalg.solve(A + torch.diag(mask), (G + W * mask).T).T
     after = loss(new)
-    if after < start:
+    if after < raw:
         with torch.no_grad():
             n = layer.weight[0].numel()
             layer.weight.copy_(new[:, :n].reshape(layer.weight.shape).to(layer.weight.dtype))
