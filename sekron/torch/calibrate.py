@@ -315,27 +315,39 @@ def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tens
 
 def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module], model: nn.Module,
                        layers: Sequence[nn.Module], batches: Sequence[torch.Tensor], max_samples: int,
-                       generator: torch.Generator) -> list[Grams]:
+                       generator: torch.Generator, later_inputs: str = "dense") -> list[Grams]:
     """Stream the Gram matrices of several layers at once, one pair of forward passes per batch.
 
     ``dense_layers[i]`` (in ``dense_model``) and ``layers[i]`` (in ``model``) are the same
     layer of the two networks. For every batch, one pass of ``dense_model`` records each
     dense layer's outputs at the kept positions (``W~ p_d``, float64, computed from the
     patches as in the one-layer case; the activation itself is dropped at once), then one
-    pass of ``model`` adds each actual patch matrix to that layer's ``A`` and ``G``. Each
-    pass stops right before the last layer of the group would run.
+    pass of ``model`` adds the first layer's actual patch matrix to its ``A`` and ``G``
+    (every layer's, with ``later_inputs="actual"``). Each pass stops right before the last
+    layer it needs would run.
 
     Memory: the Gram matrices of the group (:func:`gram_bytes` each), plus, for one batch,
     the dense outputs at the kept positions of every layer of the group and one activation
     at a time. With one layer this is exactly the sequential streaming (same random
-    positions from ``generator``, same float64 arithmetic in the same order). The inputs
-    seen by ``layers[i]`` come from ``model`` as it is during the call: when the caller
-    fits the group's layers only afterwards, a later layer's input carries the earlier
-    group members' error *before* their fit (see ``compress``'s ``fit_group_bytes``).
+    positions from ``generator``, same float64 arithmetic in the same order).
+
+    ``later_inputs`` sets the patches ``P_h`` of the group's later layers (``layers[1:]``,
+    which must be in execution order); the first layer always gets its actual input from
+    ``model``. ``"dense"`` (default): the dense network's own input at that layer, so
+    ``A = P_d P_d^T`` and ``G = W~ P_d P_d^T`` (the fit to the dense outputs on the dense
+    inputs), and the pass of ``model`` stops before the group's first layer. ``"actual"``:
+    the input from ``model`` as it is during the call; when the caller fits the group's
+    layers only afterwards, that input carries the earlier members' error *before* their
+    fit, a later layer is fitted to undo it, and once the earlier members are fitted it
+    undoes an error that is gone (on ddddocr's detector this double correction, through the
+    closed-form refits of the small dense prediction convs, removed every detection).
     """
     if len(dense_layers) != len(layers) or not layers:
         raise ValueError(f"dense_layers and layers must be non-empty and pair up, got {len(dense_layers)} and "
                          f"{len(layers)}")
+    if later_inputs not in ("dense", "actual"):
+        raise ValueError(f"later_inputs must be 'dense' (the dense network's inputs) or 'actual' (the inputs from "
+                         f"model), got {later_inputs!r}")
     k = len(layers)
     Wd = [dense_matrix(d) for d in dense_layers]
     A: list[torch.Tensor | None] = [None] * k
@@ -355,14 +367,20 @@ def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module]
             m = max(1, round(n * max_samples / total))
             keep = torch.randperm(n, generator=generator)[:m].sort().values.to(xd.device)
         pd = _augment(patches(dense_layers[i], xd, keep))
-        kept[i] = (keep, pd @ Wd[i].T)
+        yd = pd @ Wd[i].T
+        if i > 0 and later_inputs == "dense":
+            add(i, yd, pd)
+        else:
+            kept[i] = (keep, yd)
 
     def take_actual(i: int, xh: torch.Tensor) -> None:
         entry = kept[i]
         assert entry is not None
         keep, yd = entry
         kept[i] = None
-        ph = _augment(patches(dense_layers[i], xh, keep))
+        add(i, yd, _augment(patches(dense_layers[i], xh, keep)))
+
+    def add(i: int, yd: torch.Tensor, ph: torch.Tensor) -> None:
         a, g = A[i], G[i]
         A[i] = ph.T @ ph if a is None else a + ph.T @ ph
         G[i] = yd.T @ ph if g is None else g + yd.T @ ph
@@ -372,7 +390,7 @@ def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module]
     for x in batches:
         per_input[0] = x.shape[0]
         _capture_group(dense_model, dense_layers, x, take_dense)
-        _capture_group(model, layers, x, take_actual)
+        _capture_group(model, layers if later_inputs == "actual" else layers[:1], x, take_actual)
     out = []
     for i in range(k):
         a, g = A[i], G[i]
