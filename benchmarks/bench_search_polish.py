@@ -2,7 +2,7 @@
 
 For each kernel (ddddocr's 3x3 conv weights with 20k..150k entries when installed, else
 random kernels) and a compression ratio, it runs ``sekron.search`` twice, with
-``POLISH_SECONDS = 0`` (no polish) and at the default, takes the best cp candidate, and runs
+``POLISH_FLOPS = 0`` (no polish) and at the default, takes the best cp candidate, and runs
 ``tensorly.decomposition.parafac`` (SVD start, its defaults) on the same rearranged tensor at
 the same rank. It prints one row per kernel: errors, the polished error over parafac's
 (< 1 means the search's candidate is better), and both search times.
@@ -35,15 +35,15 @@ def kernels(n: int) -> list[tuple[str, np.ndarray]]:
     return [(f"random{i}", rng.standard_normal((48, 32, 3, 3))) for i in range(n)]
 
 
-def best_cp(W: np.ndarray, ratio: float, seconds: float) -> tuple[sekron.Candidate, float]:
-    default = search_module.POLISH_SECONDS
-    search_module.POLISH_SECONDS = seconds
+def best_cp(W: np.ndarray, ratio: float, flops: float) -> tuple[sekron.Candidate, float]:
+    default = search_module.POLISH_FLOPS
+    search_module.POLISH_FLOPS = flops
     try:
         t = time.perf_counter()
         found = sekron.search(W, ratio=ratio)
         return next(c for c in found if "init" in c.options), time.perf_counter() - t
     finally:
-        search_module.POLISH_SECONDS = default
+        search_module.POLISH_FLOPS = default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, W in kernels(args.layers):
         rough, t0 = best_cp(W, args.ratio, 0.0)
-        cand, t1 = best_cp(W, args.ratio, search_module.POLISH_SECONDS)
+        cand, t1 = best_cp(W, args.ratio, search_module.POLISH_FLOPS)
         T = cand.structure.rearrange(W)
         R = int(cand.options["rank"])
         ref = parafac(T, R, init="svd", random_state=0, normalize_factors=False)

@@ -280,10 +280,10 @@ def test_extreme_scalings_property(exponent: int, seed: int) -> None:
     assert best.error == pytest.approx(unit.error, rel=1e-6, abs=1e-12)
 
 
-def _cp_candidates(W: np.ndarray, seconds: float, monkeypatch: pytest.MonkeyPatch) -> list:
+def _cp_candidates(W: np.ndarray, flops: float, monkeypatch: pytest.MonkeyPatch) -> list:
     import sekron.structure_search._search as search_module
 
-    monkeypatch.setattr(search_module, "POLISH_SECONDS", seconds)
+    monkeypatch.setattr(search_module, "POLISH_FLOPS", flops)
     return [c for c in sekron.search(W, ratio=8) if "init" in c.options]
 
 
@@ -292,7 +292,7 @@ def test_search_polishes_its_cp_candidates(monkeypatch: pytest.MonkeyPatch) -> N
     W = np.einsum("ir,jr,kr->ijk", *(rng.standard_normal((d, 12)) for d in (24, 16, 9))).reshape(24, 16, 3, 3)
     W += 0.3 * rng.standard_normal(W.shape)  # a rank-12 CP plus noise: ALS needs many sweeps
     rough = {(c.structure, c.baseline): c.error for c in _cp_candidates(W, 0.0, monkeypatch)}
-    polished = _cp_candidates(W, 30.0, monkeypatch)
+    polished = _cp_candidates(W, 1e13, monkeypatch)
     top = polished[0]
     assert top.error < rough[(top.structure, top.baseline)]  # the polish lowered it ...
     sk = top.decompose(W)
@@ -315,7 +315,7 @@ def test_search_cp_not_worse_than_parafac_on_a_real_kernel(monkeypatch: pytest.M
     from sekron.datasets import load_ddddocr_convs
 
     W = next(np.asarray(w, np.float64) for _, w in load_ddddocr_convs() if np.asarray(w).shape == (48, 48, 3, 3))
-    top = _cp_candidates(W, 30.0, monkeypatch)[0]
+    top = _cp_candidates(W, 1e13, monkeypatch)[0]
     from tensorly.decomposition import parafac
 
     T = top.structure.rearrange(W)
@@ -323,3 +323,20 @@ def test_search_cp_not_worse_than_parafac_on_a_real_kernel(monkeypatch: pytest.M
         warnings.simplefilter("ignore", UserWarning)
         ref = parafac(T, int(top.options["rank"]), init="svd", random_state=0, normalize_factors=False)
     assert top.error <= rel(tl.cp_to_tensor(ref), T) + 1e-9
+
+
+def test_search_does_not_depend_on_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The polish is bounded by counted flops, not seconds: a machine where every call takes an hour
+    (a clock that jumps) gets the very candidates of a quiet one."""
+    import itertools
+    import time
+
+    rng = np.random.default_rng(5)
+    W = np.einsum("ir,jr,kr->ijk", *(rng.standard_normal((d, 10)) for d in (16, 12, 9))).reshape(16, 12, 3, 3)
+    W += 0.3 * rng.standard_normal(W.shape)
+    quiet = sekron.search(W, ratio=6)
+    ticks = itertools.count()
+    monkeypatch.setattr(time, "perf_counter", lambda: 3600.0 * next(ticks))
+    busy = sekron.search(W, ratio=6)
+    assert [(c.structure, c.baseline, c.params) for c in busy] == [(c.structure, c.baseline, c.params) for c in quiet]
+    assert [c.error for c in busy] == [c.error for c in quiet]

@@ -34,7 +34,7 @@ each (structure, pattern) contributes its least-error rank choice within the bud
 (and within ``max_macs``, from :func:`sekron.conv_cost`). Errors are exact
 (``decompose`` with the candidate's ``options`` reproduces them); only cp relies on ALS.
 The ALS of the best cp candidates and of the cp baseline is then run on towards
-convergence (:func:`_polish`, within :data:`POLISH_SECONDS`), so that the cp candidates
+convergence (:func:`_polish`, within :data:`POLISH_FLOPS` each), so that the cp candidates
 are not left behind tensorly's ``parafac`` at the same rank by an early stop.
 """
 
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -79,10 +78,13 @@ TOP_SPLITS = 6
 TOP_REFINE = 4
 #: S = 3 grids (best by error) also scored as cp by ALS
 TOP_CP = 1
-#: candidates (best first) whose ALS is run on to convergence, sweeps at most, and seconds in all (see _polish)
+#: candidates (best first) whose ALS is run on to convergence, sweeps at most, and the flop allowance of each
+#: (counted as ``2 * T.size * rank * T.ndim`` per sweep, as the scoring's ALS_FLOPS; see _polish). A count, not
+#: a clock, so that the search returns the same candidates on a busy machine as on a quiet one; 1e10 is what a
+#: 96x96x3x3 kernel's rank-52 cp needs for 300 sweeps, about half a second on one core of the reference machine
 POLISH_TOP = 3
 POLISH_ITERS = 300
-POLISH_SECONDS = 2.0
+POLISH_FLOPS = 1.0e10
 #: under ``max_macs``, at most this many least-error points of a family get their MACs computed
 #: (one conv_cost each); a family whose best points all exceed ``max_macs`` is dropped
 MACS_CHECKS = 40
@@ -505,30 +507,30 @@ def _rescaled_init(cand: Candidate, scale: float) -> Candidate:
 
 
 def _polish(W: np.ndarray, ranked: list[Candidate]) -> list[Candidate]:
-    """Run the ALS of the top cp candidates (and of the cp baseline) on to convergence, within a time budget.
+    """Run the ALS of the top cp candidates (and of the cp baseline) on to convergence, within a flop allowance.
 
     The scoring stops ALS after a few sweeps (:data:`sekron.structure_search._scoring.ALS_FLOPS`), which
     left cp candidates 0.5-1.3 % above tensorly's ``parafac`` at the same rank on real conv
     kernels. For each of the :data:`POLISH_TOP` best candidates that came from ALS, and for the
     axis-aligned cp baseline, ALS resumes from the candidate's factors for at most
-    :data:`POLISH_ITERS` sweeps (until the relative error changes by less than 1e-9); the result
-    replaces the candidate when it lowers the error. Everything stops at the first sweep
-    that ends after :data:`POLISH_SECONDS`.
+    :data:`POLISH_ITERS` sweeps and at most :data:`POLISH_FLOPS` (until the relative error changes
+    by less than 1e-9); the result replaces the candidate when it lowers the error. The
+    allowance is counted, not timed, so the result does not depend on the machine's load.
     """
-    deadline = time.perf_counter() + POLISH_SECONDS
     picks = [i for i, c in enumerate(ranked) if "init" in c.options and (i < POLISH_TOP or c.baseline == "cp")]
     out = list(ranked)
     for i in picks:
-        if time.perf_counter() >= deadline:
-            break
         cand = out[i]
         T = cand.structure.rearrange(W)
         R = int(cand.options["rank"])
+        sweeps = int(min(POLISH_ITERS, POLISH_FLOPS // max(2 * T.size * R * T.ndim, 1)))
+        if sweeps < 1:
+            continue
         weights, factors = cand.options["init"]
         start = [np.asarray(f, dtype=float) for f in factors]
         start[0] = start[0] * np.asarray(weights, dtype=float)[None, :]
         try:
-            facs = sc.fast_als(T, R, POLISH_ITERS, tol=1e-9, init=start, deadline=deadline)
+            facs = sc.fast_als(T, R, sweeps, tol=1e-9, init=start)
             with using("numpy"):  # CPTensor validates with tensorly's current backend
                 options = {"rank": R, "init": CPTensor((np.ones(R), facs)), "n_iter_max": 0}
             with warnings.catch_warnings():

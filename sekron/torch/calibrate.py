@@ -341,6 +341,18 @@ def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module]
     fit, a later layer is fitted to undo it, and once the earlier members are fitted it
     undoes an error that is gone (on ddddocr's detector this double correction, through the
     closed-form refits of the small dense prediction convs, removed every detection).
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Conv2d(2, 3, 1))
+    >>> x = [torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))]
+    >>> grams = stream_group_grams(net, [net[0], net[2]], net, [net[0], net[2]], x, 10_000,
+    ...                            torch.Generator().manual_seed(0))
+    >>> [tuple(g.A.shape) for g in grams], [g.count for g in grams]  # patch entries + 1; positions
+    ([(10, 10), (3, 3)], [144, 144])
+    >>> bool(torch.allclose(grams[0].G, grams[0].W @ grams[0].A))  # the model is the dense one: G = W~ A
+    True
     """
     if len(dense_layers) != len(layers) or not layers:
         raise ValueError(f"dense_layers and layers must be non-empty and pair up, got {len(dense_layers)} and "
