@@ -63,6 +63,30 @@ class StreamTimer:
             self.groups += 1
 
 
+STAGES = [f"body.{b}" for b in range(23)] + ["conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"]
+
+
+def stage_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The output of every RRDB block and of the convs after the body (``STAGES``) in ``model(x)``."""
+    got: dict[str, torch.Tensor] = {}
+    mods = dict(model.named_modules())
+    handles = [mods[n].register_forward_hook(lambda m, a, o, n=n: got.__setitem__(n, o.detach().clone()))
+               for n in STAGES if n in mods]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+def stage_errors(dense: dict[str, torch.Tensor], model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Relative error ``||h - d|| / ||d||`` of every stage of ``model`` against the dense stage outputs ``dense``."""
+    got = stage_outputs(model, x)
+    return {n: float((got[n] - d).norm() / d.norm().clamp_min(1e-30)) for n, d in dense.items()}
+
+
 def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     model = build_realesrgan()
     total = sum(p.numel() for p in model.parameters())
@@ -78,6 +102,8 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     with torch.no_grad():
         ref = {n: model(lr) for n, lr in evals}
     crops = {"uncompressed": ref[evals[0][0]]}
+    eval_x = torch.cat([lr for _, lr in evals])
+    dense_stages = {"eval": stage_outputs(model, eval_x), "calibration": stage_outputs(model, cal)}
     timer = StreamTimer()
     compress_module.stream_group_grams = timer  # type: ignore[assignment]
     rows = []
@@ -110,10 +136,16 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
                     row["median_layer_output_error"] = float(np.median(errs)) if errs else None
                 rows.append(row)
                 layer_rows = [{k: r.get(k) for k in ("name", "status", "error", "output_error_weight_fit",
-                                                     "output_error")} for r in rep]
+                                                     "output_error", "params_before", "params_after")} for r in rep]
+                stages = {k: stage_errors(d, small, eval_x if k == "eval" else cal) for k, d in dense_stages.items()}
+                row["stage_error_eval"] = {k: round(v, 4) for k, v in stages["eval"].items()}
                 with open(args.out / f"{args.tag}_layers.jsonl", "a") as fh:
-                    fh.write(json.dumps({"method": method, "ratio": ratio, "run": label, "layers": layer_rows}) + "\n")
+                    fh.write(json.dumps({"method": method, "ratio": ratio, "run": label, "layers": layer_rows,
+                                         "stage_errors": stages}) + "\n")
                 crops[f"{method} {ratio:g}x {label}"] = outs[evals[0][0]]
+                if args.save_dir is not None:  # the compressed model, for analyses after the run
+                    args.save_dir.mkdir(parents=True, exist_ok=True)
+                    torch.save(small, args.save_dir / f"{args.tag}_{method}_{ratio:g}x_{label.replace(' ', '_')}.pt")
                 print(json.dumps(row), flush=True)
                 with open(args.out / f"{args.tag}.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -150,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true", help="compress's progress bars (on stderr)")
     p.add_argument("--no-refit-dense", action="store_true", help="compress(refit_dense=False)")
     p.add_argument("--no-weight", action="store_true", help="only the calibrated runs")
+    p.add_argument("--weight-fit-members", action="store_true",
+                   help="groups streamed with their members at the weight fit (FIT_GROUP_DENSE_MEMBERS=False)")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--save-dir", type=Path, default=None, help="torch.save every compressed model there")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--n-jobs", type=int, default=1, help="worker processes of the per-layer search")
@@ -158,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    compress_module.FIT_GROUP_DENSE_MEMBERS = not args.weight_fit_members
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows, _ = run(args)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import os
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_deploy as bd
 
 from sekron.datasets import DDDDOCR_INSTALL, package_dir
-from sekron.torch import calibrate, compress, distill, to_standard
+from sekron.torch import compress, distill, to_standard
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-samples", type=int, default=8192)
     ap.add_argument("--fit-steps", type=int, default=8)
     ap.add_argument("--group", type=int, default=0, help="fit_group_bytes (0: the exact sequential fit)")
-    ap.add_argument("--later", default="dense", choices=["dense", "actual"],
-                    help="stream_group_grams' later_inputs in the grouped fit ('actual': the former behaviour)")
+    ap.add_argument("--former-groups", action="store_true",
+                    help="grouped fit with FIT_GROUP_DENSE_MEMBERS off (the former behaviour, for comparison)")
     ap.add_argument("--exclude", default="", help="comma list of layer names kept dense")
     ap.add_argument("--allocation", default="error")
     ap.add_argument("--sens-steps", type=int, default=0, help="sensitivity_steps with --allocation sensitivity")
@@ -83,10 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     for x, _ in test:  # the calibration images are not test images
         assert not any(np.array_equal(x, c) for c in calib_all)
     log = open(f"{out}/{args.tag}.jsonl", "a")
-    if args.later != "dense":  # the former grouped fit, for comparison
-        module = sys.modules["sekron.torch.compress"]
-        module.stream_group_grams = functools.partial(  # type: ignore[attr-defined]
-            calibrate.stream_group_grams, later_inputs=args.later)
+    if args.former_groups:  # the former grouped fit, for comparison
+        sys.modules["sekron.torch.compress"].FIT_GROUP_DENSE_MEMBERS = False  # type: ignore[attr-defined]
 
     def evaluate(m: torch.nn.Module, name: str, extra: dict[str, Any] | None = None) -> None:
         m = m.eval()
@@ -137,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                               sensitivity_steps=args.sens_steps, **common)
         print(rep, flush=True)
         evaluate(small, f"{args.ratio:g}x fit calib={args.calib} max_samples={args.max_samples} "
-                 f"steps={args.fit_steps} group={args.group} later={args.later} alloc={args.allocation} "
+                 f"steps={args.fit_steps} group={args.group} former_groups={args.former_groups} "
+                 f"alloc={args.allocation} "
                  f"exclude={args.exclude}",
                  {"compress_s": time.perf_counter() - t0, "calibration_s": rep.totals["calibration_seconds"],
                   "deployed_macs_ratio": rep.totals["deployed_macs_ratio"]})

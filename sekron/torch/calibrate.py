@@ -282,13 +282,20 @@ def gram_bytes(dense_layer: Any) -> int:
     return 8 * n * (n + int(w.shape[0]))
 
 
-def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tensor, take: Any) -> None:
+def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tensor, take: Any,
+                   stand_ins: Sequence[nn.Module] | None = None) -> None:
     """Run ``model(x)`` until every one of ``modules`` has been called once; ``take(i, input)`` at each first call.
 
     Forward pre-hooks see each module's input; the pass stops (a private exception) right
-    before the last of them would run, so nothing after the group is computed.
+    before the last of them would run, so nothing after the group is computed. With
+    ``stand_ins``, the output of ``modules[i]`` is replaced by ``stand_ins[i]`` applied to
+    the same input (forward hooks), so later members see it instead.
     """
     pending = {id(m): i for i, m in enumerate(modules)}
+    swap = {} if stand_ins is None else {id(m): s for m, s in zip(modules, stand_ins)}
+
+    def replace(mod: nn.Module, args: Any, out: Any) -> Any:
+        return swap[id(mod)](*args)
 
     def hook(mod: nn.Module, args: Any) -> None:
         i = pending.pop(id(mod), None)
@@ -299,6 +306,7 @@ def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tens
             raise _StopForwardError
 
     handles = [m.register_forward_pre_hook(hook) for m in modules]
+    handles += [m.register_forward_hook(replace) for m in modules if id(m) in swap]
     try:
         with torch.no_grad():
             model(x)
@@ -315,32 +323,27 @@ def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tens
 
 def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module], model: nn.Module,
                        layers: Sequence[nn.Module], batches: Sequence[torch.Tensor], max_samples: int,
-                       generator: torch.Generator, later_inputs: str = "dense") -> list[Grams]:
+                       generator: torch.Generator, dense_members: bool = False) -> list[Grams]:
     """Stream the Gram matrices of several layers at once, one pair of forward passes per batch.
 
     ``dense_layers[i]`` (in ``dense_model``) and ``layers[i]`` (in ``model``) are the same
     layer of the two networks. For every batch, one pass of ``dense_model`` records each
     dense layer's outputs at the kept positions (``W~ p_d``, float64, computed from the
     patches as in the one-layer case; the activation itself is dropped at once), then one
-    pass of ``model`` adds the first layer's actual patch matrix to its ``A`` and ``G``
-    (every layer's, with ``later_inputs="actual"``). Each pass stops right before the last
-    layer it needs would run.
+    pass of ``model`` adds each actual patch matrix to that layer's ``A`` and ``G``. Each
+    pass stops right before the last layer of the group would run.
 
     Memory: the Gram matrices of the group (:func:`gram_bytes` each), plus, for one batch,
     the dense outputs at the kept positions of every layer of the group and one activation
     at a time. With one layer this is exactly the sequential streaming (same random
-    positions from ``generator``, same float64 arithmetic in the same order).
-
-    ``later_inputs`` sets the patches ``P_h`` of the group's later layers (``layers[1:]``,
-    which must be in execution order); the first layer always gets its actual input from
-    ``model``. ``"dense"`` (default): the dense network's own input at that layer, so
-    ``A = P_d P_d^T`` and ``G = W~ P_d P_d^T`` (the fit to the dense outputs on the dense
-    inputs), and the pass of ``model`` stops before the group's first layer. ``"actual"``:
-    the input from ``model`` as it is during the call; when the caller fits the group's
-    layers only afterwards, that input carries the earlier members' error *before* their
-    fit, a later layer is fitted to undo it, and once the earlier members are fitted it
-    undoes an error that is gone (on ddddocr's detector this double correction, through the
-    closed-form refits of the small dense prediction convs, removed every detection).
+    positions from ``generator``, same float64 arithmetic in the same order). The inputs
+    seen by ``layers[i]`` come from ``model`` as it is during the call: when the caller
+    fits the group's layers only afterwards, a later layer's input carries the earlier
+    group members' error *before* their fit (see ``compress``'s ``fit_group_bytes``).
+    With ``dense_members=True`` each member of the group instead passes on what its dense
+    layer computes from its actual input (``dense_layers[i]`` applied in ``model``'s pass):
+    a later member then sees the prefix's drift but not the weight-fit error of the
+    members fitted together with it, which their fit removes for the most part.
 
     Examples
     --------
@@ -357,9 +360,6 @@ def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module]
     if len(dense_layers) != len(layers) or not layers:
         raise ValueError(f"dense_layers and layers must be non-empty and pair up, got {len(dense_layers)} and "
                          f"{len(layers)}")
-    if later_inputs not in ("dense", "actual"):
-        raise ValueError(f"later_inputs must be 'dense' (the dense network's inputs) or 'actual' (the inputs from "
-                         f"model), got {later_inputs!r}")
     k = len(layers)
     Wd = [dense_matrix(d) for d in dense_layers]
     A: list[torch.Tensor | None] = [None] * k
@@ -379,20 +379,14 @@ def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module]
             m = max(1, round(n * max_samples / total))
             keep = torch.randperm(n, generator=generator)[:m].sort().values.to(xd.device)
         pd = _augment(patches(dense_layers[i], xd, keep))
-        yd = pd @ Wd[i].T
-        if i > 0 and later_inputs == "dense":
-            add(i, yd, pd)
-        else:
-            kept[i] = (keep, yd)
+        kept[i] = (keep, pd @ Wd[i].T)
 
     def take_actual(i: int, xh: torch.Tensor) -> None:
         entry = kept[i]
         assert entry is not None
         keep, yd = entry
         kept[i] = None
-        add(i, yd, _augment(patches(dense_layers[i], xh, keep)))
-
-    def add(i: int, yd: torch.Tensor, ph: torch.Tensor) -> None:
+        ph = _augment(patches(dense_layers[i], xh, keep))
         a, g = A[i], G[i]
         A[i] = ph.T @ ph if a is None else a + ph.T @ ph
         G[i] = yd.T @ ph if g is None else g + yd.T @ ph
@@ -402,7 +396,7 @@ def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module]
     for x in batches:
         per_input[0] = x.shape[0]
         _capture_group(dense_model, dense_layers, x, take_dense)
-        _capture_group(model, layers if later_inputs == "actual" else layers[:1], x, take_actual)
+        _capture_group(model, layers, x, take_actual, dense_layers if dense_members else None)
     out = []
     for i in range(k):
         a, g = A[i], G[i]
@@ -577,16 +571,17 @@ def refit_dense(layer: Any, grams: Grams, ridge: float = 1e-2) -> FitResult:
     def loss(M: torch.Tensor) -> float:
         return float(((M @ A) * M).sum() - 2 * (G * M).sum() + yy) / yy
 
-    start = loss(W)
+    raw = loss(W)
+    start = max(raw, 0.0)  # float64 rounding can leave an exact match slightly below 0 (its sqrt then fails)
     n = A.shape[0] - (layer.bias is not None)
     if grams.count < REFIT_SAMPLES_PER_UNKNOWN * A.shape[0]:
-        return FitResult(start, max(start, 0.0), 0)
+        return FitResult(start, start, 0)
     lam = ridge * float(A.diagonal()[:n].mean()) if n else 0.0
     mask = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
     mask[:n] = lam
     new = torch.linalg.solve(A + torch.diag(mask), (G + W * mask).T).T
     after = loss(new)
-    if after < start:
+    if after < raw:
         with torch.no_grad():
             n = layer.weight[0].numel()
             layer.weight.copy_(new[:, :n].reshape(layer.weight.shape).to(layer.weight.dtype))

@@ -60,10 +60,14 @@ OBJECTIVES = ("weight", "output")
 #: the fit's forward cost (one layer per group: quadratic in depth, about 350 passes per
 #: input on Real-ESRGAN); 64 MiB holds about one residual dense block of Real-ESRGAN (5 convs,
 #: 60 MB) and keeps the Grams far under the 4 GiB a 64-crop calibration may use. Not the
-#: default: a group's later layers are fitted without the prefix error (on the dense inputs;
-#: on inputs from unfitted predecessors they cost 2.5 dB on one Real-ESRGAN block, spoiled the
-#: refit of a small CNN's last layer and removed every ddddocr detection).
+#: default: a group's later layers are fitted without their predecessors' remaining error
+#: (:data:`FIT_GROUP_DENSE_MEMBERS`); on the first 4 Real-ESRGAN blocks 30.9 dB against 31.5 dB exact.
 FIT_GROUP_BYTES = 64 * 2 ** 20
+#: while a group's Grams are streamed, its members pass on their dense layers' outputs (on their actual
+#: inputs) instead of their weight fit's: a later member then does not learn to undo the weight-fit error
+#: of members whose own fit removes most of it (on the whole Real-ESRGAN at 4x, groups of 64 MiB fitted
+#: that way left each conv's output on the calibration crops worse than the weight fit's; docs/results.md §4)
+FIT_GROUP_DENSE_MEMBERS = True
 #: what ``ratio`` divides: the model's parameters, or the MACs of its deployed form (``to_standard``)
 BUDGETS = ("params", "macs")
 #: with budget="macs", at most this many rank points per scored structure are priced by their deployment
@@ -361,12 +365,11 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         With objective "output": consecutive layers (in execution order) whose float64 Gram
         matrices (``8 (n+1)(n+1+F)`` bytes for ``n`` patch entries and ``F`` outputs) sum to
         at most this are streamed together, one forward pass per batch for the group, each
-        pass stopped after the group's last layer; then fitted one after the other. The
-        group's first layer is fitted on its actual input; the later ones are fitted to the
-        dense outputs on the dense network's inputs (the earlier members are not fitted yet
-        when the group streams, and fitting on their weight-fit errors double-corrects), and
-        the group's dense layers after its first are not refitted; the next group sees all
-        of them fitted. ``0`` (default): one layer per
+        pass stopped after the group's last layer; then fitted one after the other. Within
+        a group a later layer's input comes from the prefix in which the earlier members
+        pass on their dense layers' outputs (:data:`FIT_GROUP_DENSE_MEMBERS`), so it sees
+        neither their weight-fit error nor what their output fit leaves; the next group
+        sees all of them fitted. ``0`` (default): one layer per
         group, the exact sequential fit (each layer sees every earlier layer fitted), at a
         forward cost quadratic in depth; :data:`FIT_GROUP_BYTES` (64 MiB) suits deep
         networks, where those passes dominate.
@@ -627,12 +630,12 @@ def _fit_outputs(model: nn.Module, reference: nn.Module, layers: list[_Layer], r
     The layers are taken in consecutive groups (:func:`fit_groups`, Gram bytes at most ``group_bytes``;
     0 is one layer per group). A group's Grams are streamed together (``stream_group_grams``: per batch,
     one pass of each network, stopped after the group's last layer), then its layers are fitted in order.
-    Approximation: a group's first layer is fitted on its actual input (every earlier layer fitted), the
-    later ones on the dense network's inputs (``later_inputs="dense"``: the input the fitted predecessors
-    aim at), so they correct no prefix error, and a dense layer there is left as it is. Their actual
-    inputs, with the predecessors at their *weight* fit, would make each one undo an error that the
-    predecessors' own fit then removes (on ddddocr's detector: no detection left). Layers of the next
-    group see every earlier layer fitted. One layer per group is the exact sequential fit.
+    Approximation: in a group, layer ``k``'s actual input ``X`` comes from the compressed prefix with the
+    group's earlier layers passing on their *dense* layers' outputs (:data:`FIT_GROUP_DENSE_MEMBERS`; at
+    their weight fit when False), while the target ``Y`` is the dense output as always; so layer ``k``
+    corrects the prefix's drift but neither the weight-fit error of its group predecessors (which would
+    overshoot once they are fitted) nor their remaining output-fit error. Layers of the next group see
+    every earlier layer fitted. One layer per group is the exact sequential fit.
     """
     gen = torch.Generator().manual_seed(seed)
     if refit_dense:
@@ -654,14 +657,11 @@ def _fit_outputs(model: nn.Module, reference: nn.Module, layers: list[_Layer], r
         if j in first:  # the first layer of a group: stream the Grams of the whole group in one pass per batch
             js = first[j]
             pending = dict(zip(js, stream_group_grams(reference, [dense_mods[i] for i in js], model,
-                                                      [built[i][1] for i in js], batches, max_samples, gen)))
+                                                      [built[i][1] for i in js], batches, max_samples, gen,
+                                                      dense_members=FIT_GROUP_DENSE_MEMBERS)))
         _, new, row = built[j]
         grams = pending.pop(j)
         compressed = row["status"] == "compressed"
-        if not compressed and j not in first:  # a later member of a group sees the dense inputs: nothing to refit
-            row["output_error_weight_fit"] = row["output_error"] = 0.0
-            row["fit_samples"] = grams.count
-            continue
         fit = fit_layer(new, grams, solver=solver, steps=fit_steps) if compressed else refit_dense_layer(new, grams)
         row["output_error_weight_fit"] = math.sqrt(fit.before)
         row["output_error"] = math.sqrt(fit.after)

@@ -305,6 +305,9 @@ def _nominal(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, 
     return tuple(max(NOMINAL_SPATIAL, 2 * d * (K - 1) + 2) for d, K in zip(dilation, kernel_size))
 
 
+# one plan per description: compress(budget="macs") prices every candidate of every layer, and a model's
+# layers share few shapes (pricing Real-ESRGAN's 349 convs took over 30 minutes uncached)
+@functools.lru_cache(maxsize=1 << 16)
 def _deployment(factor_shapes: tuple[tuple[int, ...], ...], labels: tuple[str, ...],
                 ranks: tuple[tuple[str, int], ...], order: tuple[int, ...] | None, stride: tuple[int, ...],
                 dilation: tuple[int, ...], pads: tuple[tuple[int, int], ...],

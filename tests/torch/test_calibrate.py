@@ -322,3 +322,51 @@ def test_a_layer_that_never_runs_in_eval_keeps_its_weight_fit(data: torch.Tensor
     assert all(r.get("output_error") is None for r in aux)  # never fitted: it has no eval-mode inputs
     fitted = [r for name, r in rows.items() if name.startswith("trunk") and r["status"] == "compressed"]
     assert fitted and all(r.get("output_error") is not None for r in fitted)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_dense_refit_of_an_exact_layer_reports_no_negative_error(many: bool) -> None:
+    """A dense layer whose inputs match exactly has output error 0, which float64 rounding can put below 0.
+
+    Regression: the whole Real-ESRGAN at 2x (calibrated, 194 convs compressed) stopped with
+    ``math domain error`` when compress took the square root of such an error. The rounding
+    is reproduced by lowering ``yy`` by a relative 1e-12.
+    """
+    torch.manual_seed(0)
+    dense = nn.Linear(6, 4).double()
+    layer = copy.deepcopy(dense)
+    before = copy.deepcopy(layer.state_dict())
+    rows = REFIT_SAMPLES_PER_UNKNOWN * 7 + (5 if many else -1)  # enough positions to refit, or not
+    x = [torch.randn(rows, 6, dtype=torch.float64)]
+    grams = stream_grams(nn.Sequential(dense), dense, nn.Sequential(layer), layer, x, 10 ** 9, torch.Generator())
+    grams.yy *= 1 - 1e-12  # the exact match's loss, tr(W A W^T) - 2 tr(G W^T) + yy, is now -1e-12 yy
+    fit = refit_dense(layer, grams, ridge=0.0)
+    assert fit.before == 0.0 and 0.0 <= fit.after <= 1e-9
+    assert fit.steps == (1 if many else 0)
+    for k, v in layer.state_dict().items():  # an exact layer stays (nearly) what it was
+        torch.testing.assert_close(v, before[k], atol=1e-9, rtol=1e-9)
+
+
+def test_compress_survives_an_exact_dense_layer_after_a_compressed_one() -> None:
+    """End to end: a kept-dense conv whose input the compressed conv does not touch (a parallel branch)."""
+
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = nn.Conv2d(4, 16, 3, padding=1)
+            self.b = nn.Conv2d(4, 2, 1)  # small: kept dense (min_kernel_size), refit candidate
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.a(x), nn.functional.pad(self.b(x), (0, 0, 0, 0, 0, 14))], 1)
+
+    x = torch.randn(16, 4, 6, 6, generator=torch.Generator().manual_seed(3))
+    small, rep = compress(Branches().eval(), 1.5, method="cp", calibration=x, skip_first=False, min_kernel_size=64,
+                          allocation="error", progress=False, fit_steps=2)
+    rows = {r["name"]: r for r in rep}
+    assert rows["a"]["status"] == "compressed"
+    for r in rep:
+        if "output_error" in r:
+            assert r["output_error"] >= 0.0 and r["output_error_weight_fit"] >= 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(small.b(x), Branches().b(x))  # the exact dense branch is unchanged

@@ -75,10 +75,8 @@ def _full_pass_inputs(model: nn.Module, modules: list[nn.Module], x: torch.Tenso
 
 def _reference_grams(dense_model: nn.Module, dense_layers: list[nn.Module], model: nn.Module,
                      layers: list[nn.Module], batches: list[torch.Tensor], max_samples: int,
-                     gen: torch.Generator, later: str = "actual") -> list[Grams]:
-    """Grams from full passes: per batch, layers in the given order draw their positions from ``gen``.
-
-    ``later="dense"``: the layers after the first take their patches from the dense network."""
+                     gen: torch.Generator) -> list[Grams]:
+    """Grams from full passes: per batch, layers in the given order draw their positions from ``gen``."""
     k = len(layers)
     Wd = [dense_matrix(d) for d in dense_layers]
     A: list[Any] = [None] * k
@@ -95,7 +93,7 @@ def _reference_grams(dense_model: nn.Module, dense_layers: list[nn.Module], mode
             if totals[i] > max_samples:
                 keep = torch.randperm(n, generator=gen)[:max(1, round(n * max_samples / totals[i]))].sort().values
             pd = _augment(patches(dense_layers[i], xds[i], keep))
-            ph = _augment(patches(dense_layers[i], xds[i] if i > 0 and later == "dense" else xhs[i], keep))
+            ph = _augment(patches(dense_layers[i], xhs[i], keep))
             yd = pd @ Wd[i].T
             A[i] = ph.T @ ph if A[i] is None else A[i] + ph.T @ ph
             G[i] = yd.T @ ph if G[i] is None else G[i] + yd.T @ ph
@@ -120,28 +118,22 @@ def test_early_stopped_passes_give_the_full_pass_grams(data: torch.Tensor, max_s
     try:  # one layer at a time, as the sequential fit streams it, then all three at once
         single = [stream_grams(net, dense_layers[i], small, layers[i], batches, max_samples,
                                torch.Generator().manual_seed(3)) for i in range(3)]
-        grouped = {later: stream_group_grams(net, dense_layers, small, layers, batches, max_samples,
-                                             torch.Generator().manual_seed(3), later_inputs=later)
-                   for later in ("actual", "dense")}
+        grouped = stream_group_grams(net, dense_layers, small, layers, batches, max_samples,
+                                     torch.Generator().manual_seed(3))
     finally:
         handle.remove()
     assert not after
     for i in range(3):
         _same(single[i], _reference_grams(net, dense_layers[i:i + 1], small, layers[i:i + 1], batches, max_samples,
                                           torch.Generator().manual_seed(3))[0])
-    for later, got in grouped.items():
-        ref_group = _reference_grams(net, dense_layers, small, layers, batches, max_samples,
-                                     torch.Generator().manual_seed(3), later=later)
-        for g, r in zip(got, ref_group):
-            _same(g, r)
+    ref_group = _reference_grams(net, dense_layers, small, layers, batches, max_samples,
+                                 torch.Generator().manual_seed(3))
+    for g, r in zip(grouped, ref_group):
+        _same(g, r)
     if max_samples > 10 ** 6:  # no subsampling: a layer's Grams do not depend on its group
         for i in range(3):
-            _same(grouped["actual"][i], stream_grams(net, dense_layers[i], small, layers[i], batches, max_samples,
-                                                     torch.Generator()))
-        # "dense": the later layers see the dense network's inputs, i.e. the Grams of the dense model itself
-        for i in (1, 2):
-            _same(grouped["dense"][i], stream_grams(net, dense_layers[i], net, dense_layers[i], batches, max_samples,
-                                                    torch.Generator()))
+            _same(grouped[i], stream_grams(net, dense_layers[i], small, layers[i], batches, max_samples,
+                                           torch.Generator()))
 
 
 def test_group_size_one_is_the_sequential_fit(data: torch.Tensor) -> None:
@@ -222,12 +214,6 @@ def test_a_group_layer_that_does_not_run_is_a_clear_error(data: torch.Tensor) ->
                            torch.Generator())
 
 
-def test_bad_later_inputs(data: torch.Tensor) -> None:
-    net = _net().eval()
-    with pytest.raises(ValueError, match="later_inputs must be 'dense'"):
-        stream_group_grams(net, [net[2]], net, [net[2]], [data], 100, torch.Generator(), later_inputs="fitted")
-
-
 def _chain(seed: int) -> nn.Module:
     """3x3 convs (compressed) followed by small 1x1 convs that stay dense (below min_kernel_size): refitted."""
     torch.manual_seed(seed)
@@ -236,15 +222,12 @@ def _chain(seed: int) -> nn.Module:
                          nn.Conv2d(32, 2, 1)).eval()
 
 
-def test_group_members_after_the_first_fit_the_dense_inputs_and_dense_ones_stay(data: torch.Tensor) -> None:
-    """Regression (ddddocr's detector lost every box): in a group, a later layer was fitted on inputs from its
-    predecessors at their weight fit, so it learned to undo an error that their own fit then removed, and the
-    small dense prediction convs after them were refitted in closed form to that error. Now the later members
-    are fitted on the dense network's inputs and the dense ones among them are left as they are."""
-    import functools
+def test_grouped_fit_does_not_undo_errors_its_members_remove(data: torch.Tensor) -> None:
+    """Regression (ddddocr's detector lost every box with the grouped fit): streamed with the group's members at
+    their weight fit, a later member (and the small dense convs after it, refitted in closed form) learned to undo
+    an error that the members' own fit then removed; here that left the held-out error worse than the weight fit's.
+    With FIT_GROUP_DENSE_MEMBERS the grouped fit is close to the sequential one and better than no fit."""
     import sys
-
-    import sekron.torch.calibrate as calibrate
 
     module = sys.modules["sekron.torch.compress"]  # (sekron.torch.compress is the function)
     net = _chain(0)
@@ -261,14 +244,11 @@ def test_group_members_after_the_first_fit_the_dense_inputs_and_dense_ones_stay(
     seq, _ = compress(net, 6, calibration=x, fit_group_bytes=0, **kw)
     grouped, report = compress(net, 6, calibration=x, fit_group_bytes=10 ** 9, **kw)
     assert [r["status"][:10] for r in report] == ["skipped: f", "compressed", "compressed", "skipped: w", "skipped: w"]
-    for i in (6, 8):  # dense layers after the group's first: untouched (the sequential fit refits them)
-        assert torch.equal(grouped[i].weight, net[i].weight) and torch.equal(grouped[i].bias, net[i].bias)
-        assert not torch.equal(seq[i].weight, net[i].weight)
-        assert report[3 if i == 6 else 4]["output_error"] == 0.0
-    old_stream = module.stream_group_grams
-    module.stream_group_grams = functools.partial(calibrate.stream_group_grams, later_inputs="actual")
+    flag = module.FIT_GROUP_DENSE_MEMBERS
+    module.FIT_GROUP_DENSE_MEMBERS = False
     try:  # the former grouped fit, for comparison
         old, _ = compress(net, 6, calibration=x, fit_group_bytes=10 ** 9, **kw)
     finally:
-        module.stream_group_grams = old_stream
-    assert error(seq) <= error(grouped) < error(old) < weight
+        module.FIT_GROUP_DENSE_MEMBERS = flag
+    # measured: sequential 0.089, grouped 0.104, weight-only 0.196, former grouped 0.574 (worse than no fit)
+    assert error(seq) <= error(grouped) < weight < error(old)
