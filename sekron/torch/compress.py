@@ -49,7 +49,7 @@ from ._report import CompressionReport
 from ._sensitivity import sensitivity_frontiers
 from .calibrate import SOLVERS, calibration_batches, execution_order, fit_layer, gram_bytes, stream_group_grams
 from .calibrate import refit_dense as refit_dense_layer
-from .export import candidate_deployment, deployed_cost
+from .export import deployed_cost, layer_geometry, price_points
 from .layers import LAYERS, _as_pointwise
 
 ALLOCATIONS = ("error", "uniform", "sensitivity")
@@ -72,6 +72,9 @@ FIT_GROUP_DENSE_MEMBERS = True
 BUDGETS = ("params", "macs")
 #: with budget="macs", at most this many rank points per scored structure are priced by their deployment
 DEPLOY_POINTS = 12
+#: with budget="macs", the candidates are priced in worker processes (n_jobs) from this many points on (a
+#: worker imports torch, about a second; Real-ESRGAN has about 50,000 points, a small CNN a few hundred)
+PRICE_PARALLEL_POINTS = 5000
 
 
 @dataclass
@@ -166,6 +169,42 @@ def _sekron_macs(layer: _Layer, cand: Candidate) -> int | None:
         rows = math.prod(layer.in_shape[:-1])
         return candidate_macs(_as_pointwise(cand.structure), cand.rank, (rows, layer.in_shape[-1], 1))
     return candidate_macs(cand.structure, cand.rank, layer.in_shape, mod.stride, mod.padding, mod.dilation)
+
+
+def _mac_frontiers(chosen: list[_Layer], families: list[list[Any]], orders: dict[Any, Any], n_jobs: int,
+                   client: Any, progress: bool) -> list[Frontier]:
+    """Every layer's frontier in deployed MACs: its thinned points priced by the deployment rule.
+
+    The pricing (:func:`sekron.torch.export.price_points`, one task per layer) runs in worker
+    processes when there are at least :data:`PRICE_PARALLEL_POINTS` points, else here; it is
+    deterministic, so the result is the same either way. ``orders`` receives the deployed
+    stage order of every priced candidate.
+    """
+    kept = [[_thin(f, DEPLOY_POINTS) for f in fams] for fams in families]
+    points = [[(f.structure.factor_shapes, f.structure.labels, tuple(sorted(f.rank(i).items())))
+               for f, idx in zip(fams, ks) for i in sorted(idx)] for fams, ks in zip(families, kept)]
+    tasks = [(layer_geometry(layer.module), tuple(layer.in_shape or ()), pts) for layer, pts in zip(chosen, points)]
+    many = sum(len(p) for p in points) >= PRICE_PARALLEL_POINTS
+    priced = run_tasks(price_points, tasks, n_jobs=n_jobs if many else 1, client=client if many else False,
+                       sizes=[len(p) for p in points], progress=progress and many, desc="sekron compress (pricing)")
+    frontiers = []
+    for layer, fams, ks, pts, got in zip(chosen, families, kept, points, priced):
+        at = iter(zip(pts, got))
+        deployed: dict[tuple[int, int], int] = {}  # (family, point index) -> deployed MACs
+        for k, idx in enumerate(ks):
+            for i in sorted(idx):
+                pt, (macs, order) = next(at)
+                deployed[(k, i)] = macs
+                orders[(layer.name, *pt)] = order
+        dense_cost = _dense_macs(layer) or 0
+        which = {id(f): k for k, f in enumerate(fams)}
+
+        def cost(fam: Any, i: int, deployed: dict[tuple[int, int], int] = deployed, dense_cost: int = dense_cost,
+                 which: dict[int, int] = which) -> int:
+            return deployed.get((which[id(fam)], i), dense_cost)  # a point not priced is never on the frontier
+
+        frontiers.append(Frontier.from_families(fams, dense_cost, cost))
+    return frontiers
 
 
 def _thin(fam: Any, n: int) -> set[int]:
@@ -498,33 +537,16 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
     results = [(r, {}, 0, 0) if i not in todo else r for i, r in enumerate(results)]
     frontiers, hits, misses, families = [], 0, 0, []
     orders: dict[tuple[str, Any, Any, Any], tuple[int, ...] | None] = {}  # deployed stage order per candidate
-    for layer, task, whash, (plain, new, h, m) in zip(chosen, tasks, hashes, results):
+    for whash, (plain, new, h, m) in zip(hashes, results):
         if store is not None:
             store.update(whash, new)
             store.hits, store.misses = store.hits + h, store.misses + m
         hits, misses = hits + h, misses + m
-        fams = [family_from_plain(p) for p in plain]
-        families.append(fams)
-        if budget == "params":
-            frontiers.append(Frontier.from_families(fams, task[0].size))
-            continue
-        deployed: dict[Any, int] = {}
-        dense_cost = _dense_macs(layer) or 0
-        kept = {id(f): _thin(f, DEPLOY_POINTS) for f in fams}
-
-        def cost(fam: Any, i: int, layer: _Layer = layer, deployed: dict[Any, int] = deployed,
-                 kept: dict[int, set[int]] = kept, dense_cost: int = dense_cost) -> int:
-            if i not in kept[id(fam)]:
-                return dense_cost  # not costed: never on the frontier
-            rank = fam.rank(i)
-            key = (layer.name, fam.structure.factor_shapes, fam.structure.labels, tuple(sorted(rank.items())))
-            if key not in deployed:
-                macs, _, orders[key] = candidate_deployment(fam.structure, rank, layer.module, layer.in_shape)
-                assert macs is not None
-                deployed[key] = macs
-            return deployed[key]
-
-        frontiers.append(Frontier.from_families(fams, dense_cost, cost))
+        families.append([family_from_plain(p) for p in plain])
+    if budget == "params":
+        frontiers = [Frontier.from_families(fams, task[0].size) for fams, task in zip(families, tasks)]
+    else:
+        frontiers = _mac_frontiers(chosen, families, orders, n_jobs, client, progress)
 
     def build(layer: _Layer, cand: Candidate) -> nn.Module:
         kind = LAYERS[type(layer.module)]

@@ -389,24 +389,67 @@ def candidate_deployment(structure: Any, rank: dict[str, int], dense: nn.Module,
     when the rule (:func:`deployment`) deploys one dense conv, whose cost is returned.
     MACs are None without ``input_shape`` (the layer's input, batch included).
     """
-    ranks = {str(b): int(n) for b, n in dict(rank).items()}
+    return _price(tuple(tuple(int(v) for v in fs) for fs in structure.factor_shapes), tuple(structure.labels),
+                  {str(b): int(n) for b, n in dict(rank).items()}, layer_geometry(dense),
+                  None if input_shape is None else tuple(int(v) for v in input_shape))
+
+
+def layer_geometry(dense: nn.Module) -> tuple[Any, ...] | None:
+    """What pricing needs of a dense conv, as plain values; None for a ``Linear``:
+    ``(out_channels, in_channels // groups, kernel_size, stride, dilation, pads)``."""
     if isinstance(dense, nn.Linear):
-        fs = [(*f, 1) for f in structure.factor_shapes]
-        plan = deployment(fs, structure.labels, ranks, None, (1,), (1,), ((0, 0),), False)
+        return None
+    conv: Any = dense
+    pads = _pads(conv.padding, tuple(conv.kernel_size), tuple(conv.dilation), tuple(conv.stride))
+    return (int(conv.out_channels), int(conv.in_channels // conv.groups), tuple(conv.kernel_size),
+            tuple(conv.stride), tuple(conv.dilation), pads)
+
+
+def _price(factor_shapes: tuple[tuple[int, ...], ...], labels: tuple[str, ...], ranks: dict[str, int],
+           geometry: tuple[Any, ...] | None,
+           input_shape: tuple[int, ...] | None) -> tuple[int | None, int, tuple[int, ...] | None]:
+    """:func:`candidate_deployment` on plain values (``geometry`` from :func:`layer_geometry`)."""
+    if geometry is None:
+        fs = [(*f, 1) for f in factor_shapes]
+        plan = deployment(fs, labels, ranks, None, (1,), (1,), ((0, 0),), False)
         assert plan is not None
         weights = sum(s.weights * s.n_groups for s in plan.stages)
         macs = None if input_shape is None else math.prod(input_shape[:-1]) * weights
         return macs, weights, plan.order
-    conv: Any = dense
-    pads = _pads(conv.padding, tuple(conv.kernel_size), tuple(conv.dilation), tuple(conv.stride))
-    plan = deployment(structure.factor_shapes, structure.labels, ranks, None, conv.stride, conv.dilation, pads, True)
+    out_channels, in_per_group, kernel_size, stride, dilation, pads = geometry
+    plan = deployment(factor_shapes, labels, ranks, None, stride, dilation, pads, True)
     if plan is None:
-        return (*_dense_cost(conv.out_channels, conv.in_channels // conv.groups, conv.kernel_size, input_shape,
-                             conv.stride, conv.dilation, pads), None)
+        return (*_dense_cost(out_channels, in_per_group, kernel_size, input_shape, stride, dilation, pads), None)
     if input_shape is None:
         return None, sum(s.weights for s in plan.stages), plan.order
-    return (*plan_cost(plan, structure.factor_shapes, structure.labels, ranks, input_shape, conv.stride,
-                       conv.dilation, pads), plan.order)
+    return (*plan_cost(plan, factor_shapes, labels, ranks, input_shape, stride, dilation, pads), plan.order)
+
+
+def price_points(geometry: tuple[Any, ...] | None, input_shape: tuple[int, ...],
+                 points: Sequence[tuple[Any, Any, Any]]) -> list[tuple[int, tuple[int, ...] | None]]:
+    """(MACs, stage order) of each ``(factor_shapes, labels, rank items)`` point of one layer.
+
+    The unit of work of ``compress(budget="macs")``'s pricing, on plain values so that it
+    can run in worker processes (:func:`sekron._parallel.run_tasks`); the same results as
+    :func:`candidate_deployment` point by point.
+
+    Examples
+    --------
+    >>> conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+    >>> price_points(layer_geometry(conv), (1, 16, 8, 8), [(((1, 16, 1, 1), (16, 1, 3, 3)), ("a", "a"),
+    ...                                                      (("a", 4),))])
+    [(43264, (0, 1))]
+
+    (the 1x1 stage ``16 -> 4`` on the padded 10x10 input, 6,400 MACs, then the 3x3 stage
+    ``4 -> 16`` on 8x8, 36,864).
+    """
+    out = []
+    for factor_shapes, labels, rank in points:
+        macs, _, order = _price(tuple(tuple(int(v) for v in fs) for fs in factor_shapes), tuple(labels),
+                                {str(b): int(n) for b, n in rank}, geometry, input_shape)
+        assert macs is not None
+        out.append((int(macs), order))
+    return out
 
 
 def deployed_cost(layer: nn.Module, input_shape: Sequence[int] | None = None,

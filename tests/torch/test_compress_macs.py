@@ -189,3 +189,25 @@ def test_cli_budget_macs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
                           "--jobs", "1"]) == 0
     totals = json.loads(rep.read_text())["totals"]
     assert totals["budget"] == "macs" and totals["deployed_macs_ratio"] >= 2.0
+
+
+def test_pricing_in_worker_processes_gives_the_same_model(compressed: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above PRICE_PARALLEL_POINTS the candidates are priced in worker processes: same frontier, same model."""
+    import importlib
+
+    compress_module = importlib.import_module("sekron.torch.compress")  # the module (the package exports the function)
+    monkeypatch.setattr(compress_module, "PRICE_PARALLEL_POINTS", 0)
+    small, report = compress(_net(), 2.0, budget="macs", input_shape=SHAPE, min_kernel_size=512, progress=False,
+                             n_jobs=2)
+    ref_small, ref = compressed[2.0]
+    assert report.totals["deployed_macs"] == ref.totals["deployed_macs"]
+    assert [row["structure"] for row in report] == [row["structure"] for row in ref]
+    got, want = small.state_dict(), ref_small.state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        if isinstance(want[k], torch.Tensor):
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+        else:  # the layers' extra state (structure, plan)
+            assert got[k] == want[k]
+    x = torch.randn(*SHAPE)
+    torch.testing.assert_close(to_standard(small)(x), to_standard(ref_small)(x), rtol=0, atol=0)
