@@ -292,7 +292,8 @@ def _capture_group(model: nn.Module, modules: Sequence[nn.Module], x: torch.Tens
     the same input (forward hooks), so later members see it instead.
     """
     pending = {id(m): i for i, m in enumerate(modules)}
-    swap = {} if stand_ins is None else {id(m): s for m, s in zip(modules, stand_ins)}
+    # a stand-in that is the member itself changes nothing (and calling it from its own hook would recurse)
+    swap = {} if stand_ins is None else {id(m): s for m, s in zip(modules, stand_ins) if s is not m}
 
     def replace(mod: nn.Module, args: Any, out: Any) -> Any:
         return swap[id(mod)](*args)
@@ -355,6 +356,10 @@ def stream_group_grams(dense_model: nn.Module, dense_layers: Sequence[nn.Module]
     >>> [tuple(g.A.shape) for g in grams], [g.count for g in grams]  # patch entries + 1; positions
     ([(10, 10), (3, 3)], [144, 144])
     >>> bool(torch.allclose(grams[0].G, grams[0].W @ grams[0].A))  # the model is the dense one: G = W~ A
+    True
+    >>> same = stream_group_grams(net, [net[0], net[2]], net, [net[0], net[2]], x, 10_000,
+    ...                           torch.Generator().manual_seed(0), dense_members=True)
+    >>> all(torch.equal(a.A, b.A) for a, b in zip(grams, same))  # members that are their dense layers
     True
     """
     if len(dense_layers) != len(layers) or not layers:
