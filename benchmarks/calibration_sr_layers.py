@@ -33,6 +33,8 @@ from calibration_sr import random_crops
 from calibration_sr_whole import STAGES
 from super_resolution import build_realesrgan, photos, psnr
 
+from sekron.torch.calibrate import run_with_hooks
+
 F = torch.nn.functional
 
 
@@ -45,15 +47,9 @@ def record(model: torch.nn.Module, names: list[str], x: torch.Tensor) -> dict[st
     """``{name: (input, output)}`` of the named modules in ``model(x)``."""
     got: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     mods = dict(model.named_modules())
-    handles = [mods[n].register_forward_hook(lambda m, a, o, n=n: got.__setitem__(n, (a[0].detach().clone(),
-                                                                                        o.detach().clone())))
-               for n in names]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    name = {id(mods[n]): n for n in names}
+    run_with_hooks(model, [mods[n] for n in names],
+                   lambda m, a, o: got.__setitem__(name[id(m)], (a[0].detach().clone(), o.detach().clone())), x)
     return got
 
 

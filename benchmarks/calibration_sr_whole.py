@@ -39,6 +39,7 @@ from calibration_sr import random_crops
 from super_resolution import build_realesrgan, photos, psnr, save_crops
 
 from sekron.torch import compress
+from sekron.torch.calibrate import run_with_hooks
 
 compress_module = importlib.import_module("sekron.torch.compress")  # the module (the package exports the function)
 
@@ -70,14 +71,9 @@ def stage_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Te
     """The output of every RRDB block and of the convs after the body (``STAGES``) in ``model(x)``."""
     got: dict[str, torch.Tensor] = {}
     mods = dict(model.named_modules())
-    handles = [mods[n].register_forward_hook(lambda m, a, o, n=n: got.__setitem__(n, o.detach().clone()))
-               for n in STAGES if n in mods]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    name = {id(mods[n]): n for n in STAGES if n in mods}
+    run_with_hooks(model, [mods[n] for n in name.values()],
+                   lambda m, a, o: got.__setitem__(name[id(m)], o.detach().clone()), x)
     return got
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from search_helpers import assert_same_families, decaying_kernel
 
 from sekron import decompose
 from sekron.structure import Structure
@@ -18,30 +19,7 @@ from sekron.structure_search._grouped import cp_ranks
 from sekron.structure_search._layer import anchor, ladder, layer_families, layer_task
 
 RNG = np.random.default_rng(5)
-
-
-def _kernel(shape: tuple[int, ...]) -> np.ndarray:
-    W = RNG.standard_normal(shape)
-    U, s, Vh = np.linalg.svd(W.reshape(shape[0], -1), full_matrices=False)
-    return ((U * (s * 0.7 ** np.arange(s.size))) @ Vh).reshape(shape)
-
-
-W = _kernel((8, 6, 3, 3))
-
-
-def _same_families(a: list, b: list) -> None:
-    assert len(a) == len(b)
-    for fa, fb in zip(a, b):
-        assert fa.structure == fb.structure and fa.structure.pattern == fb.structure.pattern
-        assert (fa.kind, fa.baseline) == (fb.kind, fb.baseline)
-        np.testing.assert_array_equal(fa.params, fb.params)
-        np.testing.assert_array_equal(fa.err, fb.err)  # bitwise: cached values are the computed ones
-        np.testing.assert_array_equal(fa.ranks, fb.ranks)
-        for i in range(len(fa.params)):
-            oa, ob = fa.options(i), fb.options(i)
-            assert oa.keys() == ob.keys() and oa["rank"] == ob["rank"]
-            for x, y in zip(oa["init"][1] if "init" in oa else [], ob["init"][1] if "init" in ob else []):
-                np.testing.assert_array_equal(x, y)
+W = decaying_kernel(RNG, (8, 6, 3, 3))
 
 
 def _cp_keys(entries: dict) -> dict[tuple[str, int], str]:
@@ -83,8 +61,8 @@ def test_search_cache_across_octaves_equals_cold() -> None:
         warm = layer_families(W, W.size / 8, "sekron")
     with cache.using(W):
         warm2 = layer_families(W, W.size / 2, "sekron")
-    _same_families(warm, layer_families(W, W.size / 8, "sekron"))
-    _same_families(warm2, layer_families(W, W.size / 2, "sekron"))
+    assert_same_families(warm, layer_families(W, W.size / 8, "sekron"))
+    assert_same_families(warm2, layer_families(W, W.size / 2, "sekron"))
     assert cache.misses - before < before
 
 

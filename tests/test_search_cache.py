@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from search_helpers import assert_same_families, decaying_kernel
 
 from sekron._parallel import resolve_jobs, run_tasks
 from sekron.structure_search import families
@@ -22,31 +23,7 @@ from sekron.structure_search._layer import (
 )
 
 RNG = np.random.default_rng(3)
-
-
-def _kernel(shape: tuple[int, ...]) -> np.ndarray:
-    W = RNG.standard_normal(shape)
-    U, s, Vh = np.linalg.svd(W.reshape(shape[0], -1), full_matrices=False)
-    return ((U * (s * 0.7 ** np.arange(s.size))) @ Vh).reshape(shape)
-
-
-W = _kernel((8, 6, 3, 3))
-
-
-def _same_families(a: list, b: list) -> None:
-    assert len(a) == len(b)
-    for fa, fb in zip(a, b):
-        assert fa.structure == fb.structure and fa.structure.pattern == fb.structure.pattern
-        assert (fa.kind, fa.baseline) == (fb.kind, fb.baseline)
-        np.testing.assert_array_equal(fa.params, fb.params)
-        np.testing.assert_array_equal(fa.err, fb.err)  # bitwise: cached values are the computed ones
-        np.testing.assert_array_equal(fa.ranks, fb.ranks)
-        for i in range(len(fa.params)):
-            oa, ob = fa.options(i), fb.options(i)
-            assert oa.keys() == ob.keys() and oa["rank"] == ob["rank"]
-            if "init" in oa:
-                for x, y in zip(oa["init"][1], ob["init"][1]):
-                    np.testing.assert_array_equal(x, y)
+W = decaying_kernel(RNG, (8, 6, 3, 3))
 
 
 def test_weight_hash_content_dtype_shape() -> None:
@@ -70,7 +47,7 @@ def test_warm_cache_at_another_ratio_equals_cold(method: str) -> None:
         warm = layer_families(W, W.size / 6, method)
     assert cache.hits - cold_hits > 0  # the second ratio reuses spectra / ALS / rank-capped fits
     cold = layer_families(W, W.size / 6, method)  # no cache at all
-    _same_families(warm, cold)
+    assert_same_families(warm, cold)
 
 
 def test_disk_cache_is_npz_and_json_and_reused(tmp_path) -> None:
@@ -90,12 +67,12 @@ def test_disk_cache_is_npz_and_json_and_reused(tmp_path) -> None:
         warm = layer_families(W, W.size / 5, "sekron")
     # every lookup hits; a cp fit's own lookup of its start (cpstart) happens only when the fit is computed
     assert second.misses == 0 and 0 < second.hits <= first.hits + first.misses
-    _same_families(warm, cold)
+    assert_same_families(warm, cold)
 
 
 def test_memory_bound_evicts_least_recent_weight() -> None:
     cache = SearchCache(max_bytes=1)
-    other = _kernel((6, 4, 3, 3))
+    other = decaying_kernel(RNG, (6, 4, 3, 3))
     for A in (W, other):
         with cache.using(A):
             families(A, A.size / 3, (2,), ("nested",), ())
@@ -107,7 +84,7 @@ def test_family_plain_roundtrip() -> None:
     fams = layer_families(W, W.size / 4, "sekron")
     assert any(f.kind == "als" for f in fams)
     back = [family_from_plain(family_to_plain(f)) for f in fams]
-    _same_families(back, fams)
+    assert_same_families(back, fams)
 
 
 def test_layer_task_in_workers_equals_here() -> None:
@@ -115,7 +92,7 @@ def test_layer_task_in_workers_equals_here() -> None:
     here = run_tasks(layer_task, tasks, n_jobs=1)
     there = run_tasks(layer_task, tasks, n_jobs=2, sizes=[1, 2])
     for (pa, na, ha, ma), (pb, nb, hb, mb) in zip(here, there):
-        _same_families([family_from_plain(p) for p in pa], [family_from_plain(p) for p in pb])
+        assert_same_families([family_from_plain(p) for p in pa], [family_from_plain(p) for p in pb])
         assert na.keys() == nb.keys() and (ha, ma) == (hb, mb)
 
 
@@ -164,16 +141,16 @@ def test_run_tasks_inside_a_daemonic_process() -> None:
     assert got == [(3, 1), (2, 1)]
 
 
-def test_unaligned_weight_gives_the_same_families() -> None:
+def test_unaligned_weight_gives_theassert_same_families() -> None:
     """dask hands tasks views into its receive buffers; numpy's non-BLAS loops on them round differently."""
-    W = _kernel((24, 12, 3, 3))
+    W = decaying_kernel(RNG, (24, 12, 3, 3))
     raw = np.empty(W.nbytes + 8, dtype=np.uint8)
     U = raw[3:3 + W.nbytes].view(np.float64).reshape(W.shape)
     U[...] = W
     assert not U.flags.aligned
     here, _, _, _ = layer_task(W, W.size / 4, "sekron", weight_hash(W), {})
     there, _, _, _ = layer_task(U, W.size / 4, "sekron", weight_hash(W), {})
-    _same_families([family_from_plain(p) for p in there], [family_from_plain(p) for p in here])
+    assert_same_families([family_from_plain(p) for p in there], [family_from_plain(p) for p in here])
 
 
 def test_damaged_disk_cache_is_recomputed(tmp_path) -> None:
@@ -191,4 +168,4 @@ def test_damaged_disk_cache_is_recomputed(tmp_path) -> None:
     with second.using(W):
         warm = layer_families(W, W.size / 5, "sekron")
     assert 0 < second.misses <= 2 and second.hits > 0
-    _same_families(warm, cold)
+    assert_same_families(warm, cold)
