@@ -180,22 +180,19 @@ def _mac_frontiers(chosen: list[_Layer], families: list[list[Any]], orders: dict
     deterministic, so the result is the same either way. ``orders`` receives the deployed
     stage order of every priced candidate.
     """
-    kept = [[_thin(f, DEPLOY_POINTS) for f in fams] for fams in families]
-    points = [[(f.structure.factor_shapes, f.structure.labels, tuple(sorted(f.rank(i).items())))
-               for f, idx in zip(fams, ks) for i in sorted(idx)] for fams, ks in zip(families, kept)]
+    picks = [[(k, i) for k, f in enumerate(fams) for i in sorted(_thin(f, DEPLOY_POINTS))] for fams in families]
+    points = [[(fams[k].structure.factor_shapes, fams[k].structure.labels, tuple(sorted(fams[k].rank(i).items())))
+               for k, i in ps] for fams, ps in zip(families, picks)]
     tasks = [(layer_geometry(layer.module), tuple(layer.in_shape or ()), pts) for layer, pts in zip(chosen, points)]
     many = sum(len(p) for p in points) >= PRICE_PARALLEL_POINTS
     priced = run_tasks(price_points, tasks, n_jobs=n_jobs if many else 1, client=client if many else False,
                        sizes=[len(p) for p in points], progress=progress and many, desc="sekron compress (pricing)")
     frontiers = []
-    for layer, fams, ks, pts, got in zip(chosen, families, kept, points, priced):
-        at = iter(zip(pts, got))
+    for layer, fams, ps, pts, got in zip(chosen, families, picks, points, priced):
         deployed: dict[tuple[int, int], int] = {}  # (family, point index) -> deployed MACs
-        for k, idx in enumerate(ks):
-            for i in sorted(idx):
-                pt, (macs, order) = next(at)
-                deployed[(k, i)] = macs
-                orders[(layer.name, *pt)] = order
+        for ki, pt, (macs, order) in zip(ps, pts, got):
+            deployed[ki] = macs
+            orders[(layer.name, *pt)] = order
         dense_cost = _dense_macs(layer) or 0
         which = {id(f): k for k, f in enumerate(fams)}
 
