@@ -395,10 +395,23 @@ def candidate_deployment(structure: Any, rank: dict[str, int], dense: nn.Module,
 
 
 def layer_geometry(dense: nn.Module) -> tuple[Any, ...] | None:
-    """What pricing needs of a dense conv, as plain values; None for a ``Linear``:
-    ``(out_channels, in_channels // groups, kernel_size, stride, dilation, pads)``."""
+    """What pricing needs of a dense conv, as plain values; None for a ``Linear``.
+
+    Returns ``(out_channels, in_channels // groups, kernel_size, stride, dilation, pads)``,
+    ``pads`` as ``(before, after)`` per spatial axis (string paddings resolved).
+
+    Examples
+    --------
+    >>> layer_geometry(torch.nn.Conv2d(8, 16, 3, padding="same"))
+    (16, 8, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
+    >>> layer_geometry(torch.nn.Linear(4, 2)) is None
+    True
+    """
     if isinstance(dense, nn.Linear):
         return None
+    if not isinstance(dense, nn.modules.conv._ConvNd):
+        raise TypeError(f"layer_geometry prices a torch Conv1d/2d/3d or Linear, got {type(dense).__name__}; "
+                        "pass the dense layer that the SeKron layer replaces")
     conv: Any = dense
     pads = _pads(conv.padding, tuple(conv.kernel_size), tuple(conv.dilation), tuple(conv.stride))
     return (int(conv.out_channels), int(conv.in_channels // conv.groups), tuple(conv.kernel_size),

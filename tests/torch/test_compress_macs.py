@@ -211,3 +211,10 @@ def test_pricing_in_worker_processes_gives_the_same_model(compressed: dict, monk
             assert got[k] == want[k]
     x = torch.randn(*SHAPE)
     torch.testing.assert_close(to_standard(small)(x), to_standard(ref_small)(x), rtol=0, atol=0)
+
+
+def test_layer_geometry_refuses_what_it_cannot_price() -> None:
+    from sekron.torch.export import layer_geometry
+
+    with pytest.raises(TypeError, match="Conv1d/2d/3d or Linear, got ReLU"):
+        layer_geometry(nn.ReLU())
