@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--exclude", default="", help="comma list of layer names kept dense")
     ap.add_argument("--allocation", default="error")
     ap.add_argument("--sens-steps", type=int, default=0, help="sensitivity_steps with --allocation sensitivity")
+    ap.add_argument("--sens-memo", default=None,
+                    help="JSON file of the measured sensitivity damages: written by the first run, reused by the "
+                         "next ones with the same frontiers (so --allocation sensitivity is measured once)")
+    ap.add_argument("--objective", default=None, help="'output' (default with calibration) or 'weight'")
     ap.add_argument("--method", default="nested2")
     ap.add_argument("--distill-n", type=int, default=32)
     ap.add_argument("--distill-epochs", type=int, default=3)
@@ -128,17 +132,21 @@ def main(argv: list[str] | None = None) -> None:
                     evaluate(m, f"solo {r['name']}", {"weight_err": r["error"]})
     if "fit" in stages:
         calib = torch.from_numpy(calib_all[:args.calib])
+        sens: dict[str, Any] = {}
+        if args.allocation == "sensitivity" and args.sens_memo:
+            sens = memo_sensitivity(args.sens_memo, args.sens_steps)
         t0 = time.perf_counter()
         small, rep = compress(model, args.ratio, calibration=calib, allocation=args.allocation, batch_size=4,
                               max_samples=args.max_samples, fit_steps=args.fit_steps, fit_group_bytes=args.group,
-                              sensitivity_steps=args.sens_steps, **common)
+                              sensitivity_steps=args.sens_steps, objective=args.objective, **common)
         print(rep, flush=True)
         evaluate(small, f"{args.ratio:g}x fit calib={args.calib} max_samples={args.max_samples} "
                  f"steps={args.fit_steps} group={args.group} former_groups={args.former_groups} "
-                 f"alloc={args.allocation} "
+                 f"alloc={args.allocation} objective={args.objective} sens_steps={args.sens_steps} "
                  f"exclude={args.exclude}",
                  {"compress_s": time.perf_counter() - t0, "calibration_s": rep.totals["calibration_seconds"],
-                  "deployed_macs_ratio": rep.totals["deployed_macs_ratio"]})
+                  "deployed_macs_ratio": rep.totals["deployed_macs_ratio"],
+                  "layers_compressed": rep.totals["layers_compressed"], **sens})
         json.dump(rows(rep), open(f"{out}/{args.tag}_fit_report.json", "w"), indent=0)
         torch.save(small, f"{out}/{args.tag}_fit.pt")
     if "distill" in stages:
@@ -157,6 +165,59 @@ def main(argv: list[str] | None = None) -> None:
             if os.path.exists(p):
                 m = torch.load(p, weights_only=False).eval()
                 print("exported", bd.export(to_standard(m).eval(), x1, f"{out}/{args.tag}_{kind}.onnx"), flush=True)
+
+
+def memo_sensitivity(path: str, steps: int) -> dict[str, Any]:
+    """Measure ``compress``'s sensitivity damages once: store them in ``path``, reuse them when the frontiers match.
+
+    Patches ``sekron.torch._sensitivity`` for this process: ``_interpolated`` records each layer's measured
+    (frontier index, damage) points, ``_outputs`` counts the forward passes; with a stored file whose frontier
+    costs equal this run's, ``compress``'s ``sensitivity_frontiers`` is replaced by the stored points. Returns a
+    dict that the caller's row shows (filled in as compress runs): passes, seconds, reused or measured.
+    """
+    import importlib
+
+    sens_mod = importlib.import_module("sekron.torch._sensitivity")
+    comp = importlib.import_module("sekron.torch.compress")
+    info: dict[str, Any] = {"sens_memo": path}
+    stored = json.load(open(path)) if os.path.exists(path) else None
+    if stored is not None and stored["steps"] != steps:
+        raise ValueError(f"{path} holds damages measured with sensitivity_steps={stored['steps']}, not {steps}")
+    measure = sens_mod.sensitivity_frontiers  # the unpatched one, also when called a second time
+    interpolated, outputs = sens_mod._interpolated, sens_mod._outputs
+    got: list[dict[str, Any]] = []
+    counts = {"batch_passes": 0, "image_passes": 0}
+
+    def counting_outputs(model: torch.nn.Module, batches: Any) -> Any:
+        counts["batch_passes"] += len(batches)
+        counts["image_passes"] += sum(int(b.shape[0]) for b in batches)
+        return outputs(model, batches)
+
+    def recording(f: Any, pts: Any) -> Any:
+        index = {int(c): i for i, c in enumerate(f.cost)}
+        got.append({"cost": [int(c) for c in f.cost], "points": [(index[int(p[0])], float(p[1])) for p in pts]})
+        return interpolated(f, pts)
+
+    def sensitivity_frontiers(model: Any, names: Any, frontiers: Any, *a: Any, **k: Any) -> Any:
+        if stored is not None and stored["names"] == list(names) and all(
+                s["cost"] == [int(c) for c in f.cost] for s, f in zip(stored["layers"], frontiers)):
+            info.update(sens_reused=True, sens_s=stored["seconds"], **stored["counts"])
+            return [interpolated(f, [(int(f.cost[i]), d, f.refs[i]) for i, d in s["points"]])
+                    for s, f in zip(stored["layers"], frontiers)]
+        t0 = time.perf_counter()
+        sens_mod._interpolated, sens_mod._outputs = recording, counting_outputs
+        try:
+            out = measure(model, names, frontiers, *a, **k)
+        finally:
+            sens_mod._interpolated, sens_mod._outputs = interpolated, outputs
+        seconds = time.perf_counter() - t0
+        json.dump({"steps": steps, "names": list(names), "layers": got, "seconds": seconds, "counts": counts},
+                  open(path, "w"))
+        info.update(sens_reused=False, sens_s=seconds, **counts)
+        return out
+
+    comp.sensitivity_frontiers = sensitivity_frontiers
+    return info
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""The ddddocr benchmark's sensitivity memo: measured once, reused bit for bit, counted passes."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from sekron.torch import compress  # noqa: E402
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+pytestmark = pytest.mark.skipif(not (BENCH / "ddddocr_calibrated.py").exists(), reason="benchmarks/ not shipped")
+
+
+def _bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module("ddddocr_calibrated")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 8, 1)).eval()
+
+
+def _run(x: torch.Tensor) -> tuple[nn.Module, object]:
+    return compress(_net(), 2.0, calibration=x, allocation="sensitivity", objective="weight", progress=False,
+                    n_jobs=1, batch_size=2)
+
+
+def test_memo_measures_once_then_reuses_the_same_damages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _bench()
+    comp = importlib.import_module("sekron.torch.compress")
+    sens = importlib.import_module("sekron.torch._sensitivity")
+    monkeypatch.setattr(comp, "sensitivity_frontiers", comp.sensitivity_frontiers)  # restored after the test
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain, plain_rep = _run(x)  # no memo: the reference
+    path = str(tmp_path / "sens.json")
+    info = bench.memo_sensitivity(path, 0)
+    first, first_rep = _run(x)
+    assert info["sens_reused"] is False and info["sens_s"] > 0
+    measured = sum(len(layer["points"]) for layer in __import__("json").load(open(path))["layers"])
+    assert measured > 0
+    assert info["batch_passes"] == 2 * (1 + measured) and info["image_passes"] == 4 * (1 + measured)
+    info2 = bench.memo_sensitivity(path, 0)
+
+    def no_pass(*a: object, **k: object) -> None:
+        raise AssertionError("a reused memo runs no forward pass")
+
+    monkeypatch.setattr(sens, "_outputs", no_pass)
+    second, second_rep = _run(x)
+    assert info2["sens_reused"] is True and info2["image_passes"] == info["image_passes"]
+    for a, b, c in zip(plain_rep, first_rep, second_rep):
+        assert a["status"] == b["status"] == c["status"]
+        assert a.get("sensitivity") == b.get("sensitivity") == c.get("sensitivity")
+    with torch.no_grad():
+        ya, yb, yc = plain(x), first(x), second(x)
+    assert torch.equal(ya, yb) and torch.equal(yb, yc)
+    with pytest.raises(ValueError, match="sensitivity_steps=0"):
+        bench.memo_sensitivity(path, 3)
