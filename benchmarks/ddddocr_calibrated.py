@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sens-memo", default=None,
                     help="JSON file of the measured sensitivity damages: written by the first run, reused by the "
                          "next ones with the same frontiers (so --allocation sensitivity is measured once)")
+    ap.add_argument("--sens-output", default="raw", choices=("raw", "det"),
+                    help="what the sensitivity allocation compares: the network's raw output ('raw'), or the "
+                         "detection scores obj*cls with the box values weighted by them ('det', DetScores)")
     ap.add_argument("--objective", default=None, help="'output' (default with calibration) or 'weight'")
     ap.add_argument("--method", default="nested2")
     ap.add_argument("--distill-n", type=int, default=32)
@@ -136,13 +139,20 @@ def main(argv: list[str] | None = None) -> None:
         if args.allocation == "sensitivity" and args.sens_memo:
             sens = memo_sensitivity(args.sens_memo, args.sens_steps)
         t0 = time.perf_counter()
-        small, rep = compress(model, args.ratio, calibration=calib, allocation=args.allocation, batch_size=4,
+        target: torch.nn.Module = model
+        if args.sens_output == "det":  # compress the same layers, named det.<name>; evaluate the inner model
+            target = DetScores(model)
+            common["exclude"] = [f"det.{e}" for e in common["exclude"] or []] or None
+        small, rep = compress(target, args.ratio, calibration=calib, allocation=args.allocation, batch_size=4,
                               max_samples=args.max_samples, fit_steps=args.fit_steps, fit_group_bytes=args.group,
                               sensitivity_steps=args.sens_steps, objective=args.objective, **common)
+        if args.sens_output == "det":
+            small = small.det
         print(rep, flush=True)
         evaluate(small, f"{args.ratio:g}x fit calib={args.calib} max_samples={args.max_samples} "
                  f"steps={args.fit_steps} group={args.group} former_groups={args.former_groups} "
-                 f"alloc={args.allocation} objective={args.objective} sens_steps={args.sens_steps} "
+                 f"alloc={args.allocation} sens_output={args.sens_output} objective={args.objective} "
+                 f"sens_steps={args.sens_steps} "
                  f"exclude={args.exclude}",
                  {"compress_s": time.perf_counter() - t0, "calibration_s": rep.totals["calibration_seconds"],
                   "deployed_macs_ratio": rep.totals["deployed_macs_ratio"],
@@ -165,6 +175,24 @@ def main(argv: list[str] | None = None) -> None:
             if os.path.exists(p):
                 m = torch.load(p, weights_only=False).eval()
                 print("exported", bd.export(to_standard(m).eval(), x1, f"{out}/{args.tag}_{kind}.onnx"), flush=True)
+
+
+class DetScores(torch.nn.Module):
+    """ddddocr's detector returning what its detections read: per anchor the score obj*cls, and the four box values
+    weighted by that score (a background anchor's box values, which no detection reads, then weigh nothing).
+
+    ``compress(DetScores(model), ..., allocation="sensitivity")`` measures each layer's damage on these instead of
+    on the raw output, whose norm the box values of the ~3,500 background anchors dominate.
+    """
+
+    def __init__(self, det: torch.nn.Module) -> None:
+        super().__init__()
+        self.det = det
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.det(x)
+        score = out[..., 4:5] * out[..., 5:]
+        return torch.cat([score, score * out[..., :4]], -1)
 
 
 def memo_sensitivity(path: str, steps: int) -> dict[str, Any]:

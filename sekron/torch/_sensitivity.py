@@ -27,6 +27,8 @@ from .calibrate import _first_tensor, execution_order, fit_layer, stream_grams
 
 #: per-layer compression ratios at which each layer's damage is measured
 RATIOS = tuple(float(r) for r in np.geomspace(1.25, 128.0, 13))
+#: on a ``torch.fx.GraphModule`` (e.g. from onnx2torch), recompute only the graph downstream of the replaced layer
+REPLAY = True
 
 
 def _ladder(f: Frontier, ratios: Sequence[float]) -> list[int]:
@@ -105,6 +107,79 @@ def _outputs(model: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch.Te
     return [_first_tensor(model(x)).detach() for x in batches]
 
 
+class _Replay:
+    """Outputs of a ``torch.fx.GraphModule`` with one layer swapped, recomputing only the nodes downstream of it.
+
+    :meth:`prepare` runs the graph once per batch (an :class:`torch.fx.Interpreter`) and keeps the values that
+    the layer's downstream nodes read from outside them; :meth:`outputs` then runs those nodes alone, with the
+    module the layer's name holds at that moment. The same ops on the same inputs: the outputs equal a full
+    forward pass (tests/torch/test_sensitivity_replay.py). ``partial_passes`` counts the runs of :meth:`outputs`,
+    ``full_passes`` those of :meth:`prepare` (both per batch).
+    """
+
+    def __init__(self, gm: Any, batches: Sequence[torch.Tensor]) -> None:
+        self.gm, self.batches = gm, batches
+        self.nodes = list(gm.graph.nodes)
+        self.full_passes = self.partial_passes = 0
+        self.cached: list[dict[Any, Any]] = []
+        self.sub: list[Any] = []
+
+    @classmethod
+    def of(cls, model: nn.Module, batches: Sequence[torch.Tensor]) -> _Replay | None:
+        """A replay of ``model`` when it is a GraphModule with one input, else None (then full passes are run)."""
+        from torch import fx
+
+        if not REPLAY or not isinstance(model, fx.GraphModule):
+            return None
+        phs = [n for n in model.graph.nodes if n.op == "placeholder"]
+        return cls(model, batches) if len(phs) == 1 and not phs[0].args else None
+
+    def prepare(self, name: str) -> bool:
+        """Cache the inputs of the nodes downstream of layer ``name``; False when it is not called exactly once."""
+        calls = [n for n in self.nodes if n.op == "call_module" and n.target == name]
+        if len(calls) != 1:
+            return False
+        down = {calls[0]}
+        for n in self.nodes:  # graph order is topological
+            if any(a in down for a in n.all_input_nodes):
+                down.add(n)
+        self.sub = [n for n in self.nodes if n in down]
+        if self.sub[-1].op != "output":
+            return False
+        needed = {a for n in self.sub for a in n.all_input_nodes if a not in down}
+        self.cached = [self._run(self.nodes, {}, x, keep=needed) for x in self.batches]
+        self.full_passes += len(self.batches)
+        return True
+
+    @torch.no_grad()
+    def _run(self, nodes: Sequence[Any], env: dict[Any, Any], x: torch.Tensor, keep: set[Any] | None = None) -> Any:
+        from torch import fx
+
+        run = fx.Interpreter(self.gm, garbage_collect_values=False)
+        run.env = dict(env)
+        run.args_iter = iter((x,))
+        last: dict[Any, Any] = {}  # free each value after its last reader among ``nodes``
+        for n in nodes:
+            for a in n.all_input_nodes:
+                last[a] = n
+        frees: dict[Any, list[Any]] = {}
+        for a, n in last.items():
+            frees.setdefault(n, []).append(a)
+        kept = {}
+        for n in nodes:
+            run.env[n] = run.run_node(n)
+            if keep is not None and n in keep:
+                kept[n] = run.env[n]
+            for a in frees.get(n, ()):
+                run.env.pop(a, None)
+        return kept if keep is not None else run.env[nodes[-1]]
+
+    def outputs(self) -> list[torch.Tensor]:
+        """The network outputs on every batch, with what the prepared layer's name now holds."""
+        self.partial_passes += len(self.batches)
+        return [_first_tensor(self._run(self.sub, env, x)).detach() for env, x in zip(self.cached, self.batches)]
+
+
 def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Sequence[Frontier],
                           build: Callable[[str, Any], nn.Module], batches: Sequence[torch.Tensor],
                           ratios: Sequence[float] = RATIOS, progress: Callable[[Any], Any] = iter,
@@ -121,9 +196,11 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
     ref = _outputs(work, batches)
     norm = sum(float((r.double() ** 2).sum()) for r in ref) or 1.0
     runs = set(execution_order(work, [work.get_submodule(n) for n in names], batches[0]))
+    replay = _Replay.of(work, batches)
     out = []
     for j, (name, f) in enumerate(progress(list(zip(names, frontiers)))):
         dense = work.get_submodule(name)
+        partial = replay is not None and any(f.refs[i] is not None for i in _ladder(f, ratios)) and replay.prepare(name)
         grams = None
         if fit_steps > 0 and j in runs:  # a layer that never runs in eval mode has no inputs to fit to
             grams = stream_grams(work, dense, work, dense, batches, max_samples, torch.Generator().manual_seed(seed))
@@ -143,7 +220,7 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
             assert best is not None
             _, new, r = best
             work.set_submodule(name, new)
-            got = _outputs(work, batches)
+            got = replay.outputs() if partial and replay is not None else _outputs(work, batches)
             size = int(f.params[i]) if r is refs[0] else int(r[0].params[r[1]])  # the frontier's own cost unit
             pts.append((size, sum(float(((g - r_).double() ** 2).sum())
                               for g, r_ in zip(got, ref)) / norm, r))
