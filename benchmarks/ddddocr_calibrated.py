@@ -199,9 +199,12 @@ def memo_sensitivity(path: str, steps: int) -> dict[str, Any]:
     """Measure ``compress``'s sensitivity damages once: store them in ``path``, reuse them when the frontiers match.
 
     Patches ``sekron.torch._sensitivity`` for this process: ``_interpolated`` records each layer's measured
-    (frontier index, damage) points, ``_outputs`` counts the forward passes; with a stored file whose frontier
-    costs equal this run's, ``compress``'s ``sensitivity_frontiers`` is replaced by the stored points. Returns a
-    dict that the caller's row shows (filled in as compress runs): passes, seconds, reused or measured.
+    (frontier index, damage) points; ``_outputs`` and ``_Replay`` count the forward passes per batch and per
+    image: full passes (the reference, and on a GraphModule one per measured layer to cache its downstream
+    inputs) and partial ones (the replays of the downstream nodes); the one hooked pass of ``execution_order`` is
+    not counted. With a stored file whose frontier costs equal this run's, ``compress``'s
+    ``sensitivity_frontiers`` is replaced by the stored points. Returns a dict that the caller's row shows
+    (filled in as compress runs): passes, seconds, reused or measured.
     """
     import importlib
 
@@ -214,12 +217,25 @@ def memo_sensitivity(path: str, steps: int) -> dict[str, Any]:
     measure = sens_mod.sensitivity_frontiers  # the unpatched one, also when called a second time
     interpolated, outputs = sens_mod._interpolated, sens_mod._outputs
     got: list[dict[str, Any]] = []
-    counts = {"batch_passes": 0, "image_passes": 0}
+    counts = {"batch_passes": 0, "image_passes": 0, "partial_batch_passes": 0, "partial_image_passes": 0}
+    replay_outputs, replay_prepare = sens_mod._Replay.outputs, sens_mod._Replay.prepare
 
     def counting_outputs(model: torch.nn.Module, batches: Any) -> Any:
         counts["batch_passes"] += len(batches)
         counts["image_passes"] += sum(int(b.shape[0]) for b in batches)
         return outputs(model, batches)
+
+    def counting_prepare(self: Any, name: str) -> bool:  # a replay's prepare runs one full pass per batch
+        ok = bool(replay_prepare(self, name))
+        if ok:
+            counts["batch_passes"] += len(self.batches)
+            counts["image_passes"] += sum(int(b.shape[0]) for b in self.batches)
+        return ok
+
+    def counting_replay(self: Any) -> Any:
+        counts["partial_batch_passes"] += len(self.batches)
+        counts["partial_image_passes"] += sum(int(b.shape[0]) for b in self.batches)
+        return replay_outputs(self)
 
     def recording(f: Any, pts: Any) -> Any:
         index = {int(c): i for i, c in enumerate(f.cost)}
@@ -234,10 +250,12 @@ def memo_sensitivity(path: str, steps: int) -> dict[str, Any]:
                     for s, f in zip(stored["layers"], frontiers)]
         t0 = time.perf_counter()
         sens_mod._interpolated, sens_mod._outputs = recording, counting_outputs
+        sens_mod._Replay.outputs, sens_mod._Replay.prepare = counting_replay, counting_prepare
         try:
             out = measure(model, names, frontiers, *a, **k)
         finally:
             sens_mod._interpolated, sens_mod._outputs = interpolated, outputs
+            sens_mod._Replay.outputs, sens_mod._Replay.prepare = replay_outputs, replay_prepare
         seconds = time.perf_counter() - t0
         json.dump({"steps": steps, "names": list(names), "layers": got, "seconds": seconds, "counts": counts},
                   open(path, "w"))

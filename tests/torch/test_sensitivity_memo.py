@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -31,32 +32,42 @@ def _net() -> nn.Module:
                          nn.Conv2d(24, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 8, 1)).eval()
 
 
-def _run(x: torch.Tensor) -> tuple[nn.Module, object]:
-    return compress(_net(), 2.0, calibration=x, allocation="sensitivity", objective="weight", progress=False,
+def _run(x: torch.Tensor, traced: bool = False) -> tuple[nn.Module, object]:
+    net = torch.fx.symbolic_trace(_net()) if traced else _net()
+    return compress(net, 2.0, calibration=x, allocation="sensitivity", objective="weight", progress=False,
                     n_jobs=1, batch_size=2)
 
 
-def test_memo_measures_once_then_reuses_the_same_damages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("traced", [False, True])
+def test_memo_measures_once_then_reuses_the_same_damages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         traced: bool) -> None:
     bench = _bench()
     comp = importlib.import_module("sekron.torch.compress")
     sens = importlib.import_module("sekron.torch._sensitivity")
     monkeypatch.setattr(comp, "sensitivity_frontiers", comp.sensitivity_frontiers)  # restored after the test
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    plain, plain_rep = _run(x)  # no memo: the reference
+    plain, plain_rep = _run(x, traced)  # no memo: the reference
     path = str(tmp_path / "sens.json")
     info = bench.memo_sensitivity(path, 0)
-    first, first_rep = _run(x)
+    first, first_rep = _run(x, traced)
     assert info["sens_reused"] is False and info["sens_s"] > 0
-    measured = sum(len(layer["points"]) for layer in __import__("json").load(open(path))["layers"])
+    measured = sum(len(layer["points"]) for layer in json.load(open(path))["layers"])
     assert measured > 0
-    assert info["batch_passes"] == 2 * (1 + measured) and info["image_passes"] == 4 * (1 + measured)
+    if traced:  # the reference pass, one full pass per measured layer (replay), then partial passes
+        layers = sum(1 for layer in json.load(open(path))["layers"] if layer["points"])
+        assert info["batch_passes"] == 2 * (1 + layers) and info["partial_batch_passes"] == 2 * measured
+        assert info["partial_image_passes"] == 4 * measured
+    else:
+        assert info["batch_passes"] == 2 * (1 + measured) and info["image_passes"] == 4 * (1 + measured)
+        assert info["partial_batch_passes"] == 0
     info2 = bench.memo_sensitivity(path, 0)
 
     def no_pass(*a: object, **k: object) -> None:
         raise AssertionError("a reused memo runs no forward pass")
 
     monkeypatch.setattr(sens, "_outputs", no_pass)
-    second, second_rep = _run(x)
+    monkeypatch.setattr(sens._Replay, "outputs", no_pass)
+    second, second_rep = _run(x, traced)
     assert info2["sens_reused"] is True and info2["image_passes"] == info["image_passes"]
     for a, b, c in zip(plain_rep, first_rep, second_rep):
         assert a["status"] == b["status"] == c["status"]
