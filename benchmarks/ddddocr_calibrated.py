@@ -139,15 +139,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.allocation == "sensitivity" and args.sens_memo:
             sens = memo_sensitivity(args.sens_memo, args.sens_steps)
         t0 = time.perf_counter()
-        target: torch.nn.Module = model
-        if args.sens_output == "det":  # compress the same layers, named det.<name>; evaluate the inner model
-            target = DetScores(model)
-            common["exclude"] = [f"det.{e}" for e in common["exclude"] or []] or None
+        target = det_scores(model) if args.sens_output == "det" else model
         small, rep = compress(target, args.ratio, calibration=calib, allocation=args.allocation, batch_size=4,
                               max_samples=args.max_samples, fit_steps=args.fit_steps, fit_group_bytes=args.group,
                               sensitivity_steps=args.sens_steps, objective=args.objective, **common)
         if args.sens_output == "det":
-            small = small.det
+            small = raw_output(small, model)
         print(rep, flush=True)
         evaluate(small, f"{args.ratio:g}x fit calib={args.calib} max_samples={args.max_samples} "
                  f"steps={args.fit_steps} group={args.group} former_groups={args.former_groups} "
@@ -177,22 +174,38 @@ def main(argv: list[str] | None = None) -> None:
                 print("exported", bd.export(to_standard(m).eval(), x1, f"{out}/{args.tag}_{kind}.onnx"), flush=True)
 
 
-class DetScores(torch.nn.Module):
-    """ddddocr's detector returning what its detections read: per anchor the score obj*cls, and the four box values
-    weighted by that score (a background anchor's box values, which no detection reads, then weigh nothing).
+def det_scores(det: Any) -> Any:
+    """ddddocr's detector (a ``torch.fx.GraphModule``) returning what its detections read: per anchor the score
+    obj*cls, and the four box values weighted by that score (a background anchor's box values, which no detection
+    reads, then weigh nothing). The same modules under the same names; a new output.
 
-    ``compress(DetScores(model), ..., allocation="sensitivity")`` measures each layer's damage on these instead of
-    on the raw output, whose norm the box values of the ~3,500 background anchors dominate.
+    ``compress(det_scores(model), ..., allocation="sensitivity")`` measures each layer's damage on these instead
+    of on the raw output, whose norm the box values of the ~3,500 background anchors dominate; it stays a
+    GraphModule, so the sensitivity replays only the graph downstream of each layer. ``raw_output(small, model)``
+    gives the compressed detector back with the original output.
     """
+    import operator
 
-    def __init__(self, det: torch.nn.Module) -> None:
-        super().__init__()
-        self.det = det
+    from torch import fx
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.det(x)
-        score = out[..., 4:5] * out[..., 5:]
-        return torch.cat([score, score * out[..., :4]], -1)
+    graph = copy.deepcopy(det.graph)
+    out = next(n for n in graph.nodes if n.op == "output")
+    raw = out.args[0]
+    with graph.inserting_before(out):
+        def part(a: int, b: int | None) -> Any:
+            return graph.call_function(operator.getitem, (raw, (Ellipsis, slice(a, b))))
+
+        score = graph.call_function(operator.mul, (part(4, 5), part(5, None)))
+        boxes = graph.call_function(operator.mul, (score, part(0, 4)))
+        out.args = (graph.call_function(torch.cat, ([score, boxes], -1)),)
+    return fx.GraphModule(det, graph)
+
+
+def raw_output(small: Any, det: Any) -> Any:
+    """The modules of ``small`` (compressed ``det_scores(det)``) in ``det``'s own graph."""
+    from torch import fx
+
+    return fx.GraphModule(small, copy.deepcopy(det.graph))
 
 
 def memo_sensitivity(path: str, steps: int) -> dict[str, Any]:

@@ -77,3 +77,35 @@ def test_memo_measures_once_then_reuses_the_same_damages(tmp_path: Path, monkeyp
     assert torch.equal(ya, yb) and torch.equal(yb, yc)
     with pytest.raises(ValueError, match="sensitivity_steps=0"):
         bench.memo_sensitivity(path, 3)
+
+
+class _Head(nn.Module):
+    """A (batch, anchors, 6) output like ddddocr's: box (4), objectness, class score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).flatten(2).transpose(1, 2)
+        return torch.cat([y[..., :4], torch.sigmoid(y[..., 4:])], -1)
+
+
+def test_det_scores_returns_scores_and_weighted_boxes_and_raw_output_restores() -> None:
+    bench = _bench()
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(_Head().eval())
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(2))
+    det = bench.det_scores(gm)
+    assert isinstance(det, torch.fx.GraphModule) and dict(det.named_modules()).keys() == dict(
+        gm.named_modules()).keys()
+    with torch.no_grad():
+        raw = gm(x)
+        score = raw[..., 4:5] * raw[..., 5:]
+        assert torch.equal(det(x), torch.cat([score, score * raw[..., :4]], -1))
+        small = torch.fx.GraphModule(det, det.graph)
+        small.conv = nn.Conv2d(3, 6, 3, padding=1)  # a "compressed" layer
+        back = bench.raw_output(small, gm)
+        assert torch.equal(back(x), torch.cat([small.conv(x).flatten(2).transpose(1, 2)[..., :4],
+                                               torch.sigmoid(small.conv(x).flatten(2).transpose(1, 2)[..., 4:])], -1))
+        assert torch.equal(gm(x), raw)  # the original is untouched
