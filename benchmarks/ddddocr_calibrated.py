@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distill-n", type=int, default=32)
     ap.add_argument("--distill-epochs", type=int, default=3)
     ap.add_argument("--distill-lr", type=float, default=1e-4)
+    ap.add_argument("--distill-output", default="raw", choices=("raw", "det"),
+                    help="distil the raw output, or det_scores' detection scores and score-weighted boxes")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", default=None)
@@ -160,10 +162,13 @@ def main(argv: list[str] | None = None) -> None:
         if small is None:
             small = torch.load(f"{out}/{args.tag}_fit.pt", weights_only=False)
         t0 = time.perf_counter()
-        distill(small, model, torch.from_numpy(calib_all[:args.distill_n]), epochs=args.distill_epochs,
+        student, teacher = small, model
+        if args.distill_output == "det":  # the same modules, trained on what the detections read
+            student, teacher = det_scores(small), det_scores(model)
+        distill(student, teacher, torch.from_numpy(calib_all[:args.distill_n]), epochs=args.distill_epochs,
                 lr=args.distill_lr, batch_size=4, holdout=0.25, progress=False, schedule="cosine")
         evaluate(small, f"{args.ratio:g}x + distill n={args.distill_n} epochs={args.distill_epochs} "
-                 f"lr={args.distill_lr}", {"distill_s": time.perf_counter() - t0})
+                 f"lr={args.distill_lr} output={args.distill_output}", {"distill_s": time.perf_counter() - t0})
         torch.save(small, f"{out}/{args.tag}_distill.pt")
     if "export" in stages:
         x1 = torch.from_numpy(test[0][0][None])

@@ -109,3 +109,4 @@ def test_det_scores_returns_scores_and_weighted_boxes_and_raw_output_restores() 
         assert torch.equal(back(x), torch.cat([small.conv(x).flatten(2).transpose(1, 2)[..., :4],
                                                torch.sigmoid(small.conv(x).flatten(2).transpose(1, 2)[..., 4:])], -1))
         assert torch.equal(gm(x), raw)  # the original is untouched
+    assert bench.det_scores(small).conv is small.conv  # training the det view (distillation) trains ``small``
