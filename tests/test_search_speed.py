@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from sekron import Structure, decompose
 from sekron._backend import using
-from sekron.linalg.cp_als import INVERSE_ROWS, _solve
+from sekron.linalg.als import INVERSE_ROWS, _solve
 from sekron.linalg.svd import gram_top, shared_eigh, shares_eigh
 from sekron.structure_search import _scoring as sc
 from sekron.structure_search._cache import SearchCache

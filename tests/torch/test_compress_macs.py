@@ -195,7 +195,7 @@ def test_pricing_in_worker_processes_gives_the_same_model(compressed: dict, monk
     """Above PRICE_PARALLEL_POINTS the candidates are priced in worker processes: same frontier, same model."""
     import importlib
 
-    compress_module = importlib.import_module("sekron.torch.compress")  # the module (the package exports the function)
+    compress_module = importlib.import_module("sekron.torch.compression")
     monkeypatch.setattr(compress_module, "PRICE_PARALLEL_POINTS", 0)
     small, report = compress(_net(), 2.0, budget="macs", input_shape=SHAPE, min_kernel_size=512, progress=False,
                              n_jobs=2)
