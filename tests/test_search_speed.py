@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sekron import Structure, decompose
 from sekron._backend import using
 from sekron.linalg.cp_als import INVERSE_ROWS, _solve
-from sekron.linalg.svd import gram_top, shared_eigh, shares_eigh
+from sekron.linalg.svd import gram_top, shared_eigh, shares_eigh, svd_full
 from sekron.structure_search import _scoring as sc
 from sekron.structure_search._cache import SearchCache
 
@@ -67,6 +67,43 @@ def test_shared_eigh_serves_only_large_real_matrices() -> None:
         assert not shares_eigh(M.astype(np.complex128))
         assert not shares_eigh(np.stack([M[0], M[0]]))  # a batch
     assert not shares_eigh(M)  # outside the block
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 12), n=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_shared_svd_is_the_plain_svd_bitwise(m: int, n: int, seed: int) -> None:
+    M = np.random.default_rng(seed).standard_normal((1, m, n))
+    plain = np.linalg.svd(M, full_matrices=False)
+    with shared_eigh(M.size):
+        first = svd_full(M)
+        first[0][...] = 0.0  # the caller's copy: the stored SVD is untouched
+        again = svd_full(np.array(M))  # the same content in another array
+        small = svd_full(M[:, :1, :])  # below the block's size: computed, not served
+    for a, b in zip(plain, again):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(np.linalg.svd(M[:, :1, :], full_matrices=False), small):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose((plain[0] * plain[1][:, None, :]) @ plain[2], M, atol=1e-10)
+
+
+def test_rank_capped_search_of_a_matrix_shares_one_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TT, TR and Tucker of a 1x1 conv all truncate the same square matrix: one SVD serves every cap."""
+    W = np.random.default_rng(3).standard_normal((12, 12, 1, 1))
+    calls = []
+    real = np.linalg.svd
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(np.shape(args[0]))
+        return real(*args, **kwargs)
+
+    plain = sc.caps_family(W, Structure.tucker(W.shape), [20.0, 40.0, 80.0])
+    monkeypatch.setattr(np.linalg, "svd", counted)
+    with using("numpy"), shared_eigh(W.size):
+        shared = sc.caps_family(W, Structure.tucker(W.shape), [20.0, 40.0, 80.0])
+        sc.caps_family(W, Structure.tr(W.shape), [20.0, 40.0, 80.0])
+    assert calls.count((1, 12, 12)) == 1
+    np.testing.assert_array_equal(plain.err, shared.err)
+    np.testing.assert_array_equal(plain.params, shared.params)
 
 
 @pytest.mark.parametrize("pattern, caps", [("chain", {"a": 3, "b": 4, "c": 2}), ("ring", None),

@@ -62,7 +62,14 @@ def randomized_pays(rank: int | None, m: int, n: int) -> bool:
 
 
 def svd_full(M: Any, rank: int | None = None, random_state: Any = None) -> tuple[Any, Any, Any]:
-    """The backend's thin SVD (LAPACK gesdd on numpy)."""
+    """The backend's thin SVD (LAPACK gesdd on numpy).
+
+    Within :func:`shared_eigh`, the SVD of a single real numpy matrix of at least its size is
+    computed once per content and shared (the same values, bitwise, as a fresh call).
+    """
+    shared = _shared_svd(M)
+    if shared is not None:
+        return shared
     U, s, Vh = tl.svd(M, full_matrices=False)
     return U, s, Vh
 
@@ -205,10 +212,7 @@ def _shared_eigh(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float] | 
     if active is None or not shares_eigh(M[None]):
         return None
     A = np.ascontiguousarray(M)
-    probes = active[1].get(("probe", A.size))
-    if probes is None:
-        probes = active[1][("probe", A.size)] = np.random.default_rng(A.size).standard_normal(A.size)
-    key = (A.shape, A.dtype.str, float(A.reshape(-1) @ probes))  # a cheap fingerprint; equality is checked
+    key = _fingerprint(A, active[1])  # equality is checked below
     for stored, got in active[1].get(key, []):
         if np.array_equal(stored, A):
             return got
@@ -220,6 +224,32 @@ def _shared_eigh(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float] | 
     got = (np.ascontiguousarray(V[:, ::-1]), np.ascontiguousarray(lam[::-1]), tall, trace)
     active[1].setdefault(key, []).append((A.copy() if A is M else A, got))
     return got
+
+
+def _shared_svd(M: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The thin SVD of the single matrix ``M`` (1, m, n) from the active :func:`shared_eigh` memo (copies of
+    the stored arrays, so a caller may alter them), or None when the memo does not serve ``M``."""
+    active = _SHARED.get()
+    if active is None or not isinstance(M, np.ndarray) or M.ndim != 3 or int(M.shape[0]) != 1 \
+            or M.size < active[0] or M.dtype.kind != "f":
+        return None
+    A = np.ascontiguousarray(M)
+    key = ("svd", *_fingerprint(A, active[1]))
+    for stored, got in active[1].get(key, []):
+        if np.array_equal(stored, A):
+            return got[0].copy(), got[1].copy(), got[2].copy()
+    U, s, Vh = np.linalg.svd(A, full_matrices=False)
+    active[1].setdefault(key, []).append((A.copy() if A is M else A, (U, s, Vh)))
+    return U.copy(), s.copy(), Vh.copy()
+
+
+def _fingerprint(A: np.ndarray, store: dict[Any, Any]) -> tuple[Any, ...]:
+    """A cheap content fingerprint of a contiguous ``A`` (shape, dtype, a fixed random projection); equality
+    of the contents is still checked by the caller."""
+    probes = store.get(("probe", A.size))
+    if probes is None:
+        probes = store[("probe", A.size)] = np.random.default_rng(A.size).standard_normal(A.size)
+    return A.shape, A.dtype.str, float(A.reshape(-1) @ probes)
 
 
 def eigh_top(G: np.ndarray, rank: int, *, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
