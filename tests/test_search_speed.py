@@ -232,3 +232,48 @@ def test_als_budget_sets_the_sweeps_for_the_block_only() -> None:
             assert sc._als_iters(*small) == 2
         assert sc._als_iters(*small) == 7
     assert sc._als_iters(*small) == sc.ALS_ITERS
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("extrapolate", [False, True])
+def test_numpy_cp_als_is_the_backend_loop_bitwise(dtype: type, extrapolate: bool) -> None:
+    """cp_als's numpy loop (numpy called directly) gives exactly what the backend-generic loop gives."""
+    from sekron.linalg.cp_als import _cp_als_backend, cp_als, dense_mttkrp
+
+    rng = np.random.default_rng(5)
+    T = rng.standard_normal((7, 6, 5)).astype(dtype)
+    if np.iscomplexobj(T):
+        T = T + 1j * rng.standard_normal(T.shape)
+    start = [rng.standard_normal((d, 4)).astype(T.dtype) for d in T.shape]
+    norm_sq = float(np.real(np.vdot(T, T)))
+    with using("numpy"):
+        fast = cp_als(dense_mttkrp(T), start, norm_sq, 12, 0.0, order=[2, 0, 1], extrapolate=extrapolate)
+        plain = _cp_als_backend(dense_mttkrp(T), list(start), norm_sq, 12, 0.0, [2, 0, 1], None, extrapolate)
+    for a, b in zip(fast, plain):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    approx = tl.cp_to_tensor((None, fast))
+    assert np.linalg.norm(T - approx) < np.linalg.norm(T)  # and it fits
+
+
+@settings(max_examples=30, deadline=None)
+@given(R=st.integers(1, 12), P=st.integers(1, 40), seed=st.integers(0, 2**16), singular=st.booleans())
+def test_direct_lapack_solve_is_scipys_cholesky(R: int, P: int, seed: int, singular: bool) -> None:
+    """_solve's direct potrf / potrs calls give scipy's cho_factor / cho_solve result, bitwise; a matrix that
+    is not positive definite falls back to an LU solve, as before."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((R + 2, R))
+    V = A.T @ A + 1e-6 * np.eye(R)
+    if singular:
+        V[0, 0] = -1.0  # indefinite
+    M = rng.standard_normal((P, R))
+    got = _solve(V, M)
+    if P > INVERSE_ROWS * R:
+        np.testing.assert_array_equal(got, M @ np.linalg.inv(V.T))
+    elif singular:
+        np.testing.assert_array_equal(got, np.linalg.solve(V.T, M.T).T)
+    else:
+        np.testing.assert_array_equal(got, cho_solve(cho_factor(V.T, check_finite=False), M.T,
+                                                     check_finite=False).T)
