@@ -143,6 +143,9 @@ def _cp_als_numpy(mttkrp: MTTKRP, U: list[np.ndarray], norm_sq: float, n_iter: i
         if extrapolate and it > 0:
             step = (it + 1) ** (1.0 / 3.0)
             Ue = [a + step * (b - a) for a, b in zip(start, U)]
+            hook = getattr(mttkrp, "extrapolated", None)
+            if hook is not None:  # an MTTKRP that can move its partial products along with the factors
+                hook(start, U, Ue, step)
             ge = [gram(u) for u in Ue]
             m = modes[-1]
             Me = mttkrp(Ue, m)
