@@ -262,6 +262,24 @@ def test_numpy_cp_als_is_the_backend_loop_bitwise(dtype: type, extrapolate: bool
     assert np.linalg.norm(T - approx) < np.linalg.norm(T)  # and it fits
 
 
+def test_numpy_cp_als_with_symmetric_grams_follows_the_backend_loop() -> None:
+    """Real factors of at least SYRK_ROWS rows get their Gram matrices by a symmetric product: the same fit
+    to rounding, and no extra sweep when n_iter is 0 (the factors come back as they are)."""
+    from sekron.linalg.cp_als import SYRK_ROWS, _cp_als_backend, cp_als, dense_mttkrp
+
+    rng = np.random.default_rng(6)
+    T = rng.standard_normal((SYRK_ROWS + 8, 6, 5))
+    start = [rng.standard_normal((d, 3)) for d in T.shape]
+    norm_sq = float(np.sum(T * T))
+    with using("numpy"):
+        fast = cp_als(dense_mttkrp(T), start, norm_sq, 10, 0.0, extrapolate=True)
+        plain = _cp_als_backend(dense_mttkrp(T), list(start), norm_sq, 10, 0.0, [0, 1, 2], None, True)
+        same = cp_als(dense_mttkrp(T), start, norm_sq, 0, 0.0)
+    for a, b in zip(fast, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max())
+    assert all(a is b for a, b in zip(same, start))
+
+
 @settings(max_examples=30, deadline=None)
 @given(R=st.integers(1, 12), P=st.integers(1, 40), seed=st.integers(0, 2**16), singular=st.booleans())
 def test_direct_lapack_solve_is_scipys_cholesky(R: int, P: int, seed: int, singular: bool) -> None:

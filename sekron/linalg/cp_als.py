@@ -25,6 +25,10 @@ RIDGE = 1e-12
 #: numpy normal equations with more than this many right-hand sides per unknown are solved through the inverse
 INVERSE_ROWS = 4
 
+#: real numpy factors with at least this many rows get their Gram matrix from one buffer (BLAS syrk: half the
+#: flops, exactly symmetric); below it the general product is as fast
+SYRK_ROWS = 32
+
 MTTKRP = Callable[[list[Any], int], Any]
 
 
@@ -66,6 +70,8 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
     """
     U = list(factors)
     modes = list(range(len(U))) if order is None else list(order)
+    if n_iter <= 0:
+        return U
     if all(isinstance(u, np.ndarray) for u in U):
         return _cp_als_numpy(mttkrp, U, norm_sq, n_iter, tol, modes, deadline, extrapolate)
     return _cp_als_backend(mttkrp, U, norm_sq, n_iter, tol, modes, deadline, extrapolate)
@@ -109,12 +115,16 @@ def _cp_als_backend(mttkrp: MTTKRP, U: list[Any], norm_sq: float, n_iter: int, t
 def _cp_als_numpy(mttkrp: MTTKRP, U: list[np.ndarray], norm_sq: float, n_iter: int, tol: float,
                   modes: list[int], deadline: float | None, extrapolate: bool) -> list[np.ndarray]:
     """:func:`cp_als` on numpy factors, calling numpy directly: the same operations in the same order as
-    the backend-generic loop (so the same values, bitwise), without tensorly's dispatch on every one."""
+    the backend-generic loop (so the same values, bitwise), without tensorly's dispatch on every one; only
+    the Gram matrices of real factors with at least :data:`SYRK_ROWS` rows are formed by a symmetric
+    product (the same values to rounding)."""
     R = int(U[0].shape[1])
     dtype = U[0].dtype
     real = not np.iscomplexobj(U[0])
 
     def gram(u: np.ndarray) -> np.ndarray:
+        if real and u.shape[0] >= SYRK_ROWS:  # u^T u of one buffer: numpy computes half of it (syrk), symmetric
+            return np.matmul(np.transpose(u, (1, 0)), u)
         return np.matmul(np.transpose(u, (1, 0)), np.conj(u))
 
     def hadamard(gs: Sequence[np.ndarray]) -> np.ndarray:
