@@ -328,3 +328,36 @@ def test_tree_mttkrp_is_the_dense_mttkrp(shape: list[int], R: int, seed: int) ->
     mttkrp.extrapolated(a, b, moved, step)  # type: ignore[attr-defined]
     for k in order:
         np.testing.assert_allclose(mttkrp(moved, k), dense(moved, k), atol=1e-10 * scale * (1 + step) ** T.ndim)
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 40), R=st.integers(1, 8), decay=st.floats(0.0, 12.0), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([np.float64, np.float32, np.complex128]))
+def test_orthonormal_columns_of_a_gram_truncation(m: int, R: int, decay: float, seed: int, dtype: type) -> None:
+    """The tall branch of a Gram truncation orthonormalises Y = M V_R (Cholesky QR, or Householder QR when
+    that does not apply): orthonormal columns spanning Y's, each along its own column of Y."""
+    from sekron.decomposition._svd_based import _orthonormal_columns
+    from sekron.linalg.svd import gram_eigh
+
+    rng = np.random.default_rng(seed)
+    n = max(1, min(R + 2, m // 2))
+    M = rng.standard_normal((1, m, n)) * np.logspace(0, -decay, n)[None, None, :]
+    if np.iscomplexobj(np.empty(0, dtype)):
+        M = M + 1j * rng.standard_normal(M.shape) * np.logspace(0, -decay, n)[None, None, :]
+    M = M.astype(dtype)
+    V, _, tall = gram_eigh(M)
+    assert tall or m == n == 1
+    R = min(R, n)
+    Y = M @ V[:, :, :R]
+    Q = _orthonormal_columns(Y)
+    eps = float(np.finfo(Q.real.dtype).eps)
+    G = np.swapaxes(Q, 1, 2).conj() @ Q
+    assert np.max(np.abs(G - np.eye(R))) <= 100 * m * eps
+    Qh, _ = np.linalg.qr(Y)
+    # the same span as Householder's basis, when Y is well conditioned
+    s = np.linalg.svd(Y[0], compute_uv=False)
+    if s[-1] > 1e3 * np.sqrt(eps) * s[0]:
+        P1, P2 = Q[0] @ Q[0].conj().T, Qh[0] @ Qh[0].conj().T
+        assert np.max(np.abs(P1 - P2)) <= (1e-3 if dtype == np.float32 else 1e-8)
+    same = _orthonormal_columns(Y, householder=True)
+    np.testing.assert_allclose(np.abs(same), np.abs(Qh), atol=1e-4 if dtype == np.float32 else 1e-10)
