@@ -63,6 +63,9 @@ def _cp_error_sq(T: Any, facs: list[Any]) -> float:
 
     modes = LabelAllocator("r").many(len(facs))
     approx = contract([("r" + m, f) for m, f in zip(modes, facs)], modes)
+    if isinstance(T, np.ndarray) and isinstance(approx, np.ndarray):  # one BLAS dot, no squared temporary
+        d = (T - approx).reshape(-1)
+        return float(np.vdot(d, d).real)
     return float(tl.to_numpy(tl.norm(tl.reshape(T - approx, (-1,))))) ** 2
 
 

@@ -32,6 +32,8 @@ PARTIAL_EIGH_FRACTION = 0.5
 #: :func:`shared_eigh` serves only Gram matrices up to this size (beyond it a full eigen-decomposition
 #: costs more than the partial ones it replaces)
 SHARED_EIGH_MAX = 1536
+#: entries of an array that :func:`shared_eigh`'s fingerprint reads (its memo then compares whole contents)
+FINGERPRINT_ENTRIES = 4096
 #: a quantity within this factor of the rounding noise ``eps`` (per term) counts as noise:
 #: an exact conversion drops singular values below ``NOISE_MARGIN * eps * s_max``, and a
 #: Gram-based SVD is refused when the error allowance is within it of the Gram's rounding
@@ -244,12 +246,13 @@ def _shared_svd(M: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 
 
 def _fingerprint(A: np.ndarray, store: dict[Any, Any]) -> tuple[Any, ...]:
-    """A cheap content fingerprint of a contiguous ``A`` (shape, dtype, a fixed random projection); equality
-    of the contents is still checked by the caller."""
-    probes = store.get(("probe", A.size))
+    """A cheap content fingerprint of a contiguous ``A`` (shape, dtype, a fixed random projection of at most
+    :data:`FINGERPRINT_ENTRIES` evenly spaced entries); equality of the contents is still checked by the caller."""
+    flat = A.reshape(-1)[:: max(1, A.size // FINGERPRINT_ENTRIES)]
+    probes = store.get(("probe", flat.size))
     if probes is None:
-        probes = store[("probe", A.size)] = np.random.default_rng(A.size).standard_normal(A.size)
-    return A.shape, A.dtype.str, float(A.reshape(-1) @ probes)
+        probes = store[("probe", flat.size)] = np.random.default_rng(flat.size).standard_normal(flat.size)
+    return A.shape, A.dtype.str, float(flat @ probes)
 
 
 def eigh_top(G: np.ndarray, rank: int, *, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
