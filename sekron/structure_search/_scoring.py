@@ -136,12 +136,19 @@ def level1(T: np.ndarray, P1: int, r: int | None = None) -> tuple[np.ndarray, np
     return ev, C
 
 
-def two_factor(W: np.ndarray, st: Structure, max_params: float, pattern: str) -> Family:
-    """All ranks of an S = 2 grid (nested = chain = cp for S = 2); errors in W's precision."""
+def sq_norm(W: np.ndarray) -> float:
+    """``||W||^2`` as :func:`two_factor` measures it (callers scoring many grids of one W compute it once)."""
+    return float(np.sum(np.abs(W.astype(np.float64)) ** 2))
+
+
+def two_factor(W: np.ndarray, st: Structure, max_params: float, pattern: str, norm2: float | None = None) -> Family:
+    """All ranks of an S = 2 grid (nested = chain = cp for S = 2); errors in W's precision.
+
+    ``norm2``: :func:`sq_norm` of W, when the caller has it."""
     P1, P2 = st.factor_sizes
     s2 = memo("svals", W, {"grid": st.factor_shapes},
               lambda: {"s2": gram_eigvalsh(st.rearrange(W).reshape(P1, P2)).astype(np.float64)})["s2"]
-    norm2 = float(np.sum(np.abs(W.astype(np.float64)) ** 2))
+    norm2 = sq_norm(W) if norm2 is None else norm2
     tails = _tails(s2, norm2)
     k = s2.shape[0]
     R = np.arange(1, k + 1)
