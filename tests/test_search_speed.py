@@ -87,7 +87,8 @@ def test_shared_svd_is_the_plain_svd_bitwise(m: int, n: int, seed: int) -> None:
 
 
 def test_rank_capped_search_of_a_matrix_shares_one_svd(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TT, TR and Tucker of a 1x1 conv all truncate the same square matrix: one SVD serves every cap."""
+    """TR's first cut of a 1x1 conv is the same square matrix at every cap: one SVD serves them all. In the
+    search's block, TT and Tucker truncate it through its (shared) Gram matrix: the same errors to rounding."""
     W = np.random.default_rng(3).standard_normal((12, 12, 1, 1))
     calls = []
     real = np.linalg.svd
@@ -96,14 +97,18 @@ def test_rank_capped_search_of_a_matrix_shares_one_svd(monkeypatch: pytest.Monke
         calls.append(np.shape(args[0]))
         return real(*args, **kwargs)
 
-    plain = sc.caps_family(W, Structure.tucker(W.shape), [20.0, 40.0, 80.0])
+    budgets = [20.0, 40.0, 80.0]
+    plain = {name: sc.caps_family(W, getattr(Structure, name)(W.shape), budgets) for name in ("tr", "tt", "tucker")}
     monkeypatch.setattr(np.linalg, "svd", counted)
     with using("numpy"), shared_eigh(W.size):
-        shared = sc.caps_family(W, Structure.tucker(W.shape), [20.0, 40.0, 80.0])
-        sc.caps_family(W, Structure.tr(W.shape), [20.0, 40.0, 80.0])
+        shared = {name: sc.caps_family(W, getattr(Structure, name)(W.shape), budgets)
+                  for name in ("tr", "tt", "tucker")}
     assert calls.count((1, 12, 12)) == 1
-    np.testing.assert_array_equal(plain.err, shared.err)
-    np.testing.assert_array_equal(plain.params, shared.params)
+    np.testing.assert_array_equal(plain["tr"].err, shared["tr"].err)  # the same SVD: bitwise
+    for name in plain:
+        np.testing.assert_allclose(plain[name].err, shared[name].err, rtol=1e-12)
+        np.testing.assert_array_equal(plain[name].params, shared[name].params)
+        np.testing.assert_array_equal(plain[name].ranks, shared[name].ranks)
 
 
 @pytest.mark.parametrize("pattern, caps", [("chain", {"a": 3, "b": 4, "c": 2}), ("ring", None),

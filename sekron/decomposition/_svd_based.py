@@ -22,6 +22,7 @@ from ..linalg.svd import (
     choose_svd,
     gram_eigh,
     gram_top,
+    in_shared_block,
     shares_eigh,
     svd_full,
     svd_gram,
@@ -50,6 +51,9 @@ class Context:
         """
         cap = self.caps.get(label)
         fn = self.svd_for(M)
+        if (fn is svd_full and cap is not None and self.svd == "auto" and self.tol is None and label != "\0ring"
+                and isinstance(M, np.ndarray) and M.dtype.kind == "f" and in_shared_block()):
+            fn = svd_gram  # the search's rank-capped truncations (see shared_eigh); a ring's first cut excepted
         if fn is svd_gram:
             out = self._gram_truncated(M, cap, label)
             if out is not None:

@@ -179,7 +179,11 @@ def shared_eigh(min_size: int) -> Iterator[None]:
 
     The structure search truncates the same unfoldings of a weight at many ranks (the rank
     caps of TT, TR and Tucker at every budget, the SVD starts of CP-ALS at every rank): with
-    ``min_size = W.size`` each full-size unfolding's Gram matrix is formed and solved once. The
+    ``min_size = W.size`` each full-size unfolding's Gram matrix is formed and solved once.
+    Within the block a rank-capped truncation without ``tol`` also takes the Gram route for
+    square-ish real numpy unfoldings (:meth:`sekron.decomposition._svd_based.Context.truncated`),
+    where ``svd="auto"`` would otherwise take a full SVD: the cap, not the spectrum's precision,
+    decides the rank, and the discarded energy is exact to rounding either way. The
     result of a call never depends on which calls came before it (the stored decomposition is
     always the full one), so a search that skips some calls (a warm cache) returns the same values.
 
@@ -198,6 +202,11 @@ def shared_eigh(min_size: int) -> Iterator[None]:
         yield
     finally:
         _SHARED.reset(token)
+
+
+def in_shared_block() -> bool:
+    """Whether a :func:`shared_eigh` block is active (the structure search runs in one)."""
+    return _SHARED.get() is not None
 
 
 def shares_eigh(M: Any) -> bool:
