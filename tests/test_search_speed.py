@@ -366,3 +366,24 @@ def test_orthonormal_columns_of_a_gram_truncation(m: int, R: int, decay: float, 
         assert np.max(np.abs(P1 - P2)) <= (1e-3 if dtype == np.float32 else 1e-8)
     same = _orthonormal_columns(Y, householder=True)
     np.testing.assert_allclose(np.abs(same), np.abs(Qh), atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 8), extra=st.integers(0, 12), r=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_shared_projection_is_the_leading_rows_of_vt_m(m: int, extra: int, r: int, seed: int) -> None:
+    """The shared V^T M hands out the product of gram_top's leading vectors with M, whatever the call order;
+    a tall matrix, or one outside the block, is not served."""
+    from sekron.linalg.svd import shared_projection
+
+    M = np.random.default_rng(seed).standard_normal((1, m, m + extra))
+    r = min(r, m)
+    assert shared_projection(M, r) is None
+    with shared_eigh(M.size):
+        got = gram_top(M, r)
+        assert got is not None
+        P = shared_projection(M, r)
+        P_all = shared_projection(M, m)
+        assert shared_projection(np.swapaxes(M, 1, 2), 1) is None or m + extra == m  # tall: not served
+    assert P is not None and P_all is not None
+    np.testing.assert_allclose(P[0], got[0][0].T @ M[0], atol=1e-12 * np.abs(M).sum())
+    np.testing.assert_array_equal(P, P_all[:, :r])

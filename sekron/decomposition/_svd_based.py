@@ -23,6 +23,7 @@ from ..linalg.svd import (
     gram_eigh,
     gram_top,
     in_shared_block,
+    shared_projection,
     shares_eigh,
     svd_full,
     svd_gram,
@@ -102,6 +103,9 @@ class Context:
             U = _orthonormal_columns(tl.matmul(M, V[:, :, :R]), householder=label == "\0ring")
         else:
             U = V[:, :, :R]
+            P = shared_projection(M, R) if top is not None else None
+            if P is not None:  # the leading rows of the shared V^T M: C = U^T M without a product per cut
+                return U * tl.reshape(mask, (B, 1, R)), P * tl.reshape(mask, (B, R, 1)), ranks
         U = U * tl.reshape(mask, (B, 1, R))
         return U, tl.matmul(_ct(U), M), ranks
 

@@ -237,6 +237,30 @@ def _shared_eigh(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float] | 
     return got
 
 
+def shared_projection(M: Any, rank: int) -> np.ndarray | None:
+    """``V_r^T M`` (1, r, n) for a wide single real matrix ``M`` (1, m, n) served by :func:`shared_eigh`, where
+    ``V_r`` are the ``r`` leading eigenvectors of its shared Gram decomposition (what :func:`gram_top` returns):
+    the full product ``V^T M`` is formed once per content and its leading rows handed out (a copy).
+
+    The rank-capped cuts of one unfolding at many ranks (the TT, TR and Tucker caps of the search all start by
+    cutting ``(d_1 | rest)``) then cost one product instead of one each. None when ``M`` is not served or tall.
+    """
+    active = _SHARED.get()
+    if active is None or not shares_eigh(M) or int(M.shape[1]) > int(M.shape[2]):
+        return None
+    A = np.ascontiguousarray(M[0])
+    full = _shared_eigh(A)
+    if full is None:
+        return None
+    key = ("proj", *_fingerprint(A, active[1]))
+    for stored, P in active[1].get(key, []):
+        if np.array_equal(stored, A):
+            return P[None, :rank].copy()
+    P = full[0].T @ A
+    active[1].setdefault(key, []).append((A.copy() if A is M[0] else A, P))
+    return P[None, :rank].copy()
+
+
 def _shared_svd(M: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The thin SVD of the single matrix ``M`` (1, m, n) from the active :func:`shared_eigh` memo (copies of
     the stored arrays, so a caller may alter them), or None when the memo does not serve ``M``."""
