@@ -389,9 +389,18 @@ class _TreeMTTKRP:
         i = self.rest.index(k)
         if len(self.rest) == 1:
             return X.reshape(R, -1).T
-        Xk = np.moveaxis(X, 1 + i, 1).reshape(R, self.shapes[i], -1)
-        K = _khatri_rao([facs[j] for j in self.rest if j != k])
-        return np.matmul(Xk, K.T[:, :, None])[:, :, 0].T
+        # contract the modes after k, then those before it, each as one batched product with their Khatri-Rao
+        # product (no copy of X to bring mode k forward)
+        lead, trail = self.rest[:i], self.rest[i + 1:]
+        Pk = self.shapes[i]
+        Y = X.reshape(R, -1, Pk * math.prod(self.shapes[i + 1:]))
+        if trail:
+            K = _khatri_rao([facs[j] for j in trail])
+            Y = np.matmul(Y.reshape(R, -1, K.shape[0]), K.T[:, :, None]).reshape(R, -1, Pk)
+        if lead:
+            K = _khatri_rao([facs[j] for j in lead])
+            Y = np.matmul(K.T[:, None, :], Y.reshape(R, K.shape[0], Pk))
+        return Y.reshape(R, Pk).T
 
 
 def _tree_mttkrp(T: np.ndarray) -> tuple[MTTKRP, list[int]]:
