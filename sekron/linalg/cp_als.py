@@ -127,10 +127,12 @@ def _cp_als_numpy(mttkrp: MTTKRP, U: list[np.ndarray], norm_sq: float, n_iter: i
             return np.matmul(np.transpose(u, (1, 0)), u)
         return np.matmul(np.transpose(u, (1, 0)), np.conj(u))
 
-    def hadamard(gs: Sequence[np.ndarray]) -> np.ndarray:
-        out = np.ones((R, R), dtype=dtype)
-        for g in gs:
-            out = out * g
+    def hadamard(gs: Sequence[np.ndarray]) -> np.ndarray:  # ones * g_0 * g_1 ..., the product by ones left out
+        if not gs:
+            return np.ones((R, R), dtype=dtype)
+        out = gs[0] * gs[1] if len(gs) > 1 else gs[0].copy()
+        for g in gs[2:]:
+            out *= g
         return out
 
     def inner(M: np.ndarray, u: np.ndarray) -> float:
@@ -138,14 +140,14 @@ def _cp_als_numpy(mttkrp: MTTKRP, U: list[np.ndarray], norm_sq: float, n_iter: i
         return float(v if real else np.real(v))
 
     grams = [gram(u) for u in U]
-    eye = np.eye(R, dtype=dtype)
+    diagonal = slice(None, None, R + 1)
     last = math.inf
     for it in range(n_iter):
         start = list(U)
         for n in modes:
             V = hadamard([g for m, g in enumerate(grams) if m != n])
             M = mttkrp(U, n)
-            V = V + RIDGE * max(float(np.real(np.trace(V))), 1e-300) * eye
+            V.reshape(-1)[diagonal] += RIDGE * max(float(np.real(np.trace(V))), 1e-300)  # V + ridge * I, in place
             U[n] = _solve(V, M)
             grams[n] = gram(U[n])
         approx_sq = float(np.real(np.sum(V * grams[n])))
