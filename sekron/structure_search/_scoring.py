@@ -108,8 +108,9 @@ def _family(st: Structure, kind: str, params: Any, err: Any, ranks: Any, extra: 
 
 @functools.lru_cache(maxsize=4096)
 def with_pattern(st: Structure, pattern: str) -> Structure:
-    """``st.with_pattern(pattern)``, built and validated once (Structures are immutable)."""
-    return st.with_pattern(pattern)
+    """``st.with_pattern(pattern)``, built and validated once (Structures are immutable); ``st`` itself when it
+    already has that pattern."""
+    return st if st.pattern == pattern else st.with_pattern(pattern)
 
 
 def _tails(s2: np.ndarray, total: np.ndarray | float) -> np.ndarray:
