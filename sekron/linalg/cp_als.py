@@ -11,6 +11,7 @@ After the last update of a sweep the error needs no extra pass over W:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -185,9 +186,7 @@ def _solve(V: Any, M: Any) -> Any:
     if M.shape[0] > INVERSE_ROWS * V.shape[0]:
         return M @ np.linalg.inv(V.T)
     if V.size and M.size:  # scipy's cho_factor + cho_solve, without their checks and wrappers (same LAPACK calls)
-        from scipy.linalg.lapack import get_lapack_funcs
-
-        potrf, potrs = get_lapack_funcs(("potrf", "potrs"), (V, M))
+        potrf, potrs = _cholesky_routines(V.dtype, M.dtype)
         c, info = potrf(V.T, lower=False, overwrite_a=False, clean=False)
         if info == 0:
             x, info = potrs(c, M.T, lower=False, overwrite_b=False)
@@ -200,6 +199,14 @@ def _solve(V: Any, M: Any) -> Any:
         return cho_solve(cho_factor(V.T, check_finite=False), M.T, check_finite=False).T
     except LinAlgError:
         return np.linalg.solve(V.T, M.T).T
+
+
+@functools.lru_cache(maxsize=16)
+def _cholesky_routines(a: np.dtype, b: np.dtype) -> tuple[Any, Any]:
+    """LAPACK's potrf and potrs for these dtypes (scipy's choice of prefix), looked up once."""
+    from scipy.linalg.lapack import get_lapack_funcs
+
+    return tuple(get_lapack_funcs(("potrf", "potrs"), (np.empty(0, a), np.empty(0, b))))  # type: ignore[return-value]
 
 
 def dense_mttkrp(T: Any) -> MTTKRP:

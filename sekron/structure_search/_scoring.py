@@ -362,6 +362,9 @@ class _TreeMTTKRP:
         self.TL = np.ascontiguousarray(np.moveaxis(T, L, 0)).reshape(T.shape[L], -1)
         self.order = [L, *self.rest]
         self._x: list[tuple[np.ndarray, np.ndarray]] = []  # (A_L, X) of the last few A_L, by identity
+        # per mode k != L: its size, the modes before and after it in X, and the product of those after
+        self._plan = {k: (self.shapes[i], self.rest[:i], self.rest[i + 1:], math.prod(self.shapes[i + 1:]))
+                      for i, k in enumerate(self.rest)}
 
     def _X(self, A: np.ndarray) -> np.ndarray:
         for a, X in self._x:
@@ -384,22 +387,21 @@ class _TreeMTTKRP:
 
     def __call__(self, facs: list[np.ndarray], k: int) -> np.ndarray:
         if k == self.L:
-            return self.TL @ _khatri_rao([facs[j] for j in self.rest])
+            rest = self.rest
+            return self.TL @ (facs[rest[0]] if len(rest) == 1 else _khatri_rao([facs[j] for j in rest]))
         X = self._X(facs[self.L])
         R = X.shape[0]
-        i = self.rest.index(k)
         if len(self.rest) == 1:
             return X.reshape(R, -1).T
         # contract the modes after k, then those before it, each as one batched product with their Khatri-Rao
         # product (no copy of X to bring mode k forward)
-        lead, trail = self.rest[:i], self.rest[i + 1:]
-        Pk = self.shapes[i]
-        Y = X.reshape(R, -1, Pk * math.prod(self.shapes[i + 1:]))
+        Pk, lead, trail, after = self._plan[k]
+        Y = X
         if trail:
-            K = _khatri_rao([facs[j] for j in trail])
-            Y = np.matmul(Y.reshape(R, -1, K.shape[0]), K.T[:, :, None]).reshape(R, -1, Pk)
+            K = facs[trail[0]] if len(trail) == 1 else _khatri_rao([facs[j] for j in trail])
+            Y = np.matmul(X.reshape(R, -1, after), K.T[:, :, None])
         if lead:
-            K = _khatri_rao([facs[j] for j in lead])
+            K = facs[lead[0]] if len(lead) == 1 else _khatri_rao([facs[j] for j in lead])
             Y = np.matmul(K.T[:, None, :], Y.reshape(R, K.shape[0], Pk))
         return Y.reshape(R, Pk).T
 
