@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from sekron import Structure, decompose
 from sekron._backend import using
-from sekron.linalg.cp_als import INVERSE_ROWS, _solve
+from sekron.linalg.als import INVERSE_ROWS, _solve
 from sekron.linalg.svd import gram_top, shared_eigh, shares_eigh, svd_full
 from sekron.structure_search import _scoring as sc
 from sekron.structure_search._cache import SearchCache
@@ -249,7 +249,7 @@ def test_als_budget_sets_the_sweeps_for_the_block_only() -> None:
 @pytest.mark.parametrize("extrapolate", [False, True])
 def test_numpy_cp_als_is_the_backend_loop_bitwise(dtype: type, extrapolate: bool) -> None:
     """cp_als's numpy loop (numpy called directly) gives exactly what the backend-generic loop gives."""
-    from sekron.linalg.cp_als import _cp_als_backend, cp_als, dense_mttkrp
+    from sekron.linalg.als import _cp_als_backend, cp_als, dense_mttkrp
 
     rng = np.random.default_rng(5)
     T = rng.standard_normal((7, 6, 5)).astype(dtype)
@@ -270,7 +270,7 @@ def test_numpy_cp_als_is_the_backend_loop_bitwise(dtype: type, extrapolate: bool
 def test_numpy_cp_als_with_symmetric_grams_follows_the_backend_loop() -> None:
     """Real factors of at least SYRK_ROWS rows get their Gram matrices by a symmetric product: the same fit
     to rounding, and no extra sweep when n_iter is 0 (the factors come back as they are)."""
-    from sekron.linalg.cp_als import SYRK_ROWS, _cp_als_backend, cp_als, dense_mttkrp
+    from sekron.linalg.als import SYRK_ROWS, _cp_als_backend, cp_als, dense_mttkrp
 
     rng = np.random.default_rng(6)
     T = rng.standard_normal((SYRK_ROWS + 8, 6, 5))

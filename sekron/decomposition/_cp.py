@@ -10,7 +10,7 @@ import numpy as np
 import tensorly as tl
 from tensorly.decomposition._cp import initialize_cp
 
-from ..linalg.cp_als import cp_als, dense_mttkrp
+from ..linalg.als import cp_als, dense_mttkrp
 from ..linalg.truncation import smallest_rank
 from ._svd_based import Context, nested
 
@@ -46,7 +46,7 @@ ALS_TOL = 1e-10
 
 
 def _als(T: Any, R: int, ctx: Context) -> list[Any]:
-    """CP-ALS on T (:func:`sekron.linalg.cp_als.cp_als`) from tensorly's ``init`` ("svd" or "random")."""
+    """CP-ALS on T (:func:`sekron.linalg.als.cp_als`) from tensorly's ``init`` ("svd" or "random")."""
     n_iter = int(ctx.options.get("n_iter_max", 200))
     init = ctx.options.get("init", "svd")
     with warnings.catch_warnings():  # tensorly's note that an SVD init pads small modes is not the user's concern
@@ -60,7 +60,7 @@ def _als(T: Any, R: int, ctx: Context) -> list[Any]:
 
 
 def _cp_error_sq(T: Any, facs: list[Any]) -> float:
-    from ..linalg.contract import LabelAllocator, contract
+    from ..linalg.contraction import LabelAllocator, contract
 
     modes = LabelAllocator("r").many(len(facs))
     approx = contract([("r" + m, f) for m, f in zip(modes, facs)], modes)

@@ -39,7 +39,7 @@ import numpy as np
 
 from .._backend import using
 from ..decomposition import decompose
-from ..linalg.cp_als import MTTKRP, cp_als
+from ..linalg.als import MTTKRP, cp_als
 from ..linalg.svd import gram_eigvalsh, gram_top
 from ..structure import Structure
 from . import _baselines as bl
@@ -49,7 +49,7 @@ from ._cache import memo
 #: ALS_FLOPS = 1e9) reach a lower summed error over whole models than 60 plain sweeps did, in less time
 #: (docs/speed.md, "Quiet machine": 36 sweeps and 1.5e9 gave errors 1 to 3% lower still, in 1.3 to 1.4x the time)
 ALS_ITERS = 18
-#: fits of at least this many sweeps extrapolate each sweep's step (:func:`sekron.linalg.cp_als.cp_als`); the
+#: fits of at least this many sweeps extrapolate each sweep's step (:func:`sekron.linalg.als.cp_als`); the
 #: shorter ones (large weights, see ALS_FLOPS) do not, since every extrapolation costs one more MTTKRP
 EXTRAPOLATE_FROM = 8
 #: flop allowance of one cp candidate's ALS (fewer sweeps on large weights)
@@ -317,7 +317,7 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
     weights folded in.
 
     Stops after ``n_iter`` sweeps or when the relative error changes by less than ``tol``
-    (:func:`sekron.linalg.cp_als.cp_als`, with the dimension-tree MTTKRP of :func:`_tree_mttkrp`).
+    (:func:`sekron.linalg.als.cp_als`, with the dimension-tree MTTKRP of :func:`_tree_mttkrp`).
     With ``deadline`` (a ``time.perf_counter()`` value) it also stops after the sweep that passes it.
     """
     rng = np.random.default_rng(0)
@@ -345,7 +345,7 @@ def _khatri_rao(facs: Sequence[np.ndarray]) -> np.ndarray:
 
 
 class _TreeMTTKRP:
-    """Dimension-tree MTTKRP of a real T, for :func:`sekron.linalg.cp_als.cp_als`; ``order``: the mode order it
+    """Dimension-tree MTTKRP of a real T, for :func:`sekron.linalg.als.cp_als`; ``order``: the mode order it
     wants, the largest mode L first.
 
     Mode L's MTTKRP is one matrix product, ``T_(L) K`` with the Khatri-Rao product ``K`` of the other
