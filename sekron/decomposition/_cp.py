@@ -53,8 +53,9 @@ def _als(T: Any, R: int, ctx: Context) -> list[Any]:
         warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs", category=UserWarning)
         weights, facs = initialize_cp(T, R, init=init, random_state=ctx.random_state)
     facs = [facs[0] * tl.reshape(weights, (1, R)), *facs[1:]]
-    norm_sq = float(np.real(tl.to_numpy(tl.sum(tl.abs(T) ** 2))))
-    facs = cp_als(dense_mttkrp(T), facs, norm_sq, n_iter, ALS_TOL)
+    if n_iter > 0:  # n_iter_max=0 replays a given start (the search's fits): nothing to iterate
+        norm_sq = float(np.real(tl.to_numpy(tl.sum(tl.abs(T) ** 2))))
+        facs = cp_als(dense_mttkrp(T), facs, norm_sq, n_iter, ALS_TOL)
     return [tl.transpose(f, (1, 0)) for f in facs]  # (R, P_k)
 
 
@@ -63,6 +64,9 @@ def _cp_error_sq(T: Any, facs: list[Any]) -> float:
 
     modes = LabelAllocator("r").many(len(facs))
     approx = contract([("r" + m, f) for m, f in zip(modes, facs)], modes)
+    if isinstance(T, np.ndarray) and isinstance(approx, np.ndarray):  # one BLAS dot, no squared temporary
+        d = (T - approx).reshape(-1)
+        return float(np.vdot(d, d).real)
     return float(tl.to_numpy(tl.norm(tl.reshape(T - approx, (-1,))))) ** 2
 
 
