@@ -227,7 +227,7 @@ def memo_sensitivity(path: str, steps: int) -> dict[str, Any]:
     import importlib
 
     sens_mod = importlib.import_module("sekron.torch._sensitivity")
-    comp = importlib.import_module("sekron.torch.compress")
+    comp = importlib.import_module("sekron.torch.compression")
     info: dict[str, Any] = {"sens_memo": path}
     stored = json.load(open(path)) if os.path.exists(path) else None
     if stored is not None and stored["steps"] != steps:

@@ -42,7 +42,7 @@ def _run(x: torch.Tensor, traced: bool = False) -> tuple[nn.Module, object]:
 def test_memo_measures_once_then_reuses_the_same_damages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          traced: bool) -> None:
     bench = _bench()
-    comp = importlib.import_module("sekron.torch.compress")
+    comp = importlib.import_module("sekron.torch.compression")
     sens = importlib.import_module("sekron.torch._sensitivity")
     monkeypatch.setattr(comp, "sensitivity_frontiers", comp.sensitivity_frontiers)  # restored after the test
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
