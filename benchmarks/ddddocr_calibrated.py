@@ -12,6 +12,10 @@ Stages (comma list, run in one process so that ``compress``'s in-memory search c
 - ``export``: ``to_standard`` and ONNX of the saved models (``TAG_fit.onnx``, ``TAG_distill.onnx``); compare and
   time them against the original with ``bench_deploy.py --eval-files`` / ``--time-files``.
 
+With ``--allocation sensitivity``: ``--sens-memo FILE`` stores the measured damages (and counts the forward passes)
+so that later runs with the same frontiers reuse them; ``--sens-output det`` measures the damage on the detection
+scores and score-weighted boxes (``det_scores``) instead of the raw output; ``--distill-output det`` distils that view.
+
 Every evaluated model is compared with the original file (onnxruntime) on bench_deploy's 8 captcha-like test images
 (seed 0); calibration and distillation images are drawn with seed 1000 (checked disjoint). One JSON line per model
 goes to ``OUT/TAG.jsonl``: boxes found / matched (IoU >= 0.5, greedy by score), mean IoU, max score difference of
