@@ -10,6 +10,10 @@ same budget allocation as the weight errors (the frontier's other points get dam
 interpolated between the measured ones, so the budget is spent as finely) (:func:`sekron.torch._allocate.allocate`:
 greedy on the convex hulls, then a fill pass), in the spirit of AIMET's greedy
 compression-ratio selection.
+
+On a ``torch.fx.GraphModule`` (onnx2torch's output, or a traced model) each measurement
+recomputes only the graph downstream of the swapped layer (:class:`_Replay`, ``REPLAY``),
+from values cached by one dense pass per layer: the same outputs as a full pass.
 """
 
 from __future__ import annotations
@@ -156,7 +160,8 @@ class _Replay:
         from torch import fx
 
         run = fx.Interpreter(self.gm, garbage_collect_values=False)
-        run.env = dict(env)
+        # copies: a downstream in-place op (``out.add_(shortcut)`` with ``out`` cached) must not change the cache
+        run.env = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in env.items()}
         run.args_iter = iter((x,))
         last: dict[Any, Any] = {}  # free each value after its last reader among ``nodes``
         for n in nodes:
@@ -168,8 +173,9 @@ class _Replay:
         kept = {}
         for n in nodes:
             run.env[n] = run.run_node(n)
-            if keep is not None and n in keep:
-                kept[n] = run.env[n]
+            if keep is not None and n in keep:  # a copy, before any later in-place op of this pass changes it
+                v = run.env[n]
+                kept[n] = v.clone() if isinstance(v, torch.Tensor) else v
             for a in frees.get(n, ()):
                 run.env.pop(a, None)
         return kept if keep is not None else run.env[nodes[-1]]

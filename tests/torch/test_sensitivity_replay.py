@@ -33,6 +33,23 @@ class Branchy(nn.Module):
         return self.head(torch.relu(self.d(u)))[:, :20]
 
 
+class InPlace(nn.Module):
+    """A residual add in place on the main path (``out.add_(shortcut)``; fx traces ``+=`` as an out-of-place add):
+    with the shortcut conv swapped, ``out`` is a cached value that a replay must not change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.main = nn.Conv2d(16, 16, 3, padding=1)
+        self.shortcut = nn.Conv2d(16, 16, 1)
+        self.head = nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.stem(x))
+        out = self.main(s)
+        return self.head(torch.relu(out.add_(self.shortcut(s))))
+
+
 class Twice(nn.Module):
     """The same conv called twice: the replay cannot tell which call to swap and falls back to full passes."""
 
@@ -67,6 +84,23 @@ def test_replay_equals_a_full_pass_for_every_layer(dtype: torch.dtype) -> None:
         gm.set_submodule(name, dense)
         assert all(torch.equal(a, b) for a, b in zip(full, got)), name
     assert replay.partial_passes == replay.full_passes == 12
+
+
+def test_replay_of_an_in_place_residual_leaves_its_cache_intact() -> None:
+    gm = _graph(InPlace, torch.float32)
+    batches = [torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))]
+    replay = sens._Replay.of(gm, batches)
+    assert replay is not None and replay.prepare("shortcut")
+    dense = gm.get_submodule("shortcut")
+    for seed in range(3):  # several swaps in a row, as the ladder does
+        torch.manual_seed(seed)
+        gm.set_submodule("shortcut", nn.Conv2d(16, 16, 1))
+        with torch.no_grad():
+            full = gm(batches[0])
+        assert torch.equal(replay.outputs()[0], full)
+    gm.set_submodule("shortcut", dense)
+    with torch.no_grad():
+        assert torch.equal(replay.outputs()[0], gm(batches[0]))
 
 
 def test_a_module_called_twice_is_not_replayed() -> None:
