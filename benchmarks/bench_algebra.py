@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 import sekron
 from sekron import SeKronTensor, Structure
-from sekron.algebra.cross import _Sampler, _tt_at
+from sekron.algebra.cross_approximation import _Sampler, _tt_at
 
 FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "1/(1+|x|^2)": lambda x: 1.0 / (1.0 + np.sum(x ** 2, axis=1)),

@@ -74,9 +74,9 @@ def serial() -> None:
     sys.path.insert(0, str(HERE))
     from bench_compress import build
 
-    import sekron.torch.compress  # noqa: F401
+    import sekron.torch.compression  # noqa: F401
 
-    module = sys.modules["sekron.torch.compress"]
+    module = sys.modules["sekron.torch.compression"]
     inner = module.run_tasks  # type: ignore[attr-defined]
     spent = {}
 

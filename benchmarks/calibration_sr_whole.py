@@ -45,7 +45,7 @@ from super_resolution import build_realesrgan, photos, psnr, save_crops
 from sekron.torch import compress
 from sekron.torch.calibrate import run_with_hooks
 
-compress_module = importlib.import_module("sekron.torch.compress")  # the module (the package exports the function)
+compress_module = importlib.import_module("sekron.torch.compression")
 
 F = torch.nn.functional
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ METHODS = ("sekron", "tt", "tr", "cp", "tucker")
 
 
 class StreamTimer:
-    """Wraps ``stream_group_grams`` in sekron.torch.compress: seconds spent streaming, and groups streamed."""
+    """Wraps ``stream_group_grams`` in sekron.torch.compression: seconds spent streaming, and groups streamed."""
 
     def __init__(self) -> None:
         self.seconds, self.groups = 0.0, 0

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         assert not any(np.array_equal(x, c) for c in calib_all)
     log = open(f"{out}/{args.tag}.jsonl", "a")
     if args.former_groups:  # the former grouped fit, for comparison
-        sys.modules["sekron.torch.compress"].FIT_GROUP_DENSE_MEMBERS = False  # type: ignore[attr-defined]
+        sys.modules["sekron.torch.compression"].FIT_GROUP_DENSE_MEMBERS = False  # type: ignore[attr-defined]
 
     def evaluate(m: torch.nn.Module, name: str, extra: dict[str, Any] | None = None) -> None:
         m = m.eval()

@@ -117,6 +117,11 @@ def check_finite(x: Any, name: str) -> None:
 
 def max_abs(x: Any, name: str) -> float:
     """The largest magnitude in ``x`` as a float; raise if ``x`` holds NaN or Inf."""
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.size:  # no |x| temporary; NaN propagates
+        value = float(max(np.max(x), -np.min(x)))
+        if not np.isfinite(value):
+            raise ValueError(f"{name} contains NaN or Inf values; clean the input (e.g. numpy.nan_to_num) first")
+        return value
     peak = tl.max(tl.abs(tl.reshape(x, (-1,)))) if math.prod(tuple(x.shape)) else tl.tensor(0.0)
     value = float(np.real(tl.to_numpy(peak)))
     if not np.isfinite(value):

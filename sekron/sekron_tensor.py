@@ -21,7 +21,7 @@ import tensorly as tl
 
 from ._backend import dispatch, infer_backend, using
 from ._validation import check_array, check_size
-from .linalg.contract import LabelAllocator, contract
+from .linalg.contraction import LabelAllocator, contract
 from .structure import Structure
 
 

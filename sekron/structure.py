@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorly as tl
 
 from ._validation import check_choice, check_int, check_shape
@@ -358,6 +359,10 @@ class Structure:
         >>> bool((st.unrearrange(T) == np.arange(12.0).reshape(4, 3)).all())
         True
         """
+        if isinstance(tensor, np.ndarray):  # the same reshape / transpose, without a backend switch
+            if tuple(tensor.shape) != self.shape:
+                return self._rearrange(tensor)  # raises
+            return tensor.reshape(self._digit_shape()).transpose(self._to_factor_major()).reshape(self.factor_sizes)
         from ._backend import infer_backend, using
 
         with using(infer_backend(tensor)):

@@ -30,3 +30,32 @@ def test_bench_deploy_quick(tmp_path: Path) -> None:
     assert len(data["layers"]) == 2
     for row in data["layers"]:  # onnxruntime runs the deployed file and agrees with the SeKron layer
         assert row["ort_b8_max_rel_err"] < 1e-4 and 0 < row["mac_ratio"] <= 1.0
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ not shipped")
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_onnx_cost_reads_both_exporters(tmp_path: Path, dynamo: bool) -> None:
+    """bench_deploy's parameter and MAC count of an ONNX file equals the torch model's, for either exporter's file
+    (the dynamo exporter's graphs could not be read back with onnx2torch)."""
+    for module in ("torch", "onnx", "onnxscript"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    import torch
+
+    from sekron.torch.calibrate import counted_macs
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_deploy
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=4, padding=2, dilation=2),
+                        nn.Conv2d(8, 6, 1, stride=2), nn.Flatten(), nn.Linear(6 * 7 * 7, 5)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=dynamo)
+    expected = (sum(p.numel() for p in net.parameters()), counted_macs(net, x))
+    assert bench_deploy.onnx_cost(str(path), tuple(x.shape)) == expected
+    with pytest.raises(ValueError, match="dimensions"):
+        bench_deploy.onnx_cost(str(path), (3, 16, 16))

@@ -86,8 +86,8 @@ def test_fashion_mnist_tiny(tmp_path):
     fm = _bench("fashion_mnist")
     if not all((fm.DATA_DIR / f).is_file() for f in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
         pytest.skip(fm.INSTALL)
-    if importlib.util.find_spec("sekron.torch.compress") is None:
-        pytest.skip("sekron.torch.compress is not available")
+    if importlib.util.find_spec("sekron.torch.compression") is None:
+        pytest.skip("sekron.torch.compression is not available")
     args = ["--train-size", "256", "--test-size", "200", "--epochs", "1", "--ft-epochs", "1", "--width", "8",
             "--ratios", "4", "--methods", "sekron", "tt", "--out", str(tmp_path)]
     assert fm.main(args) == 0

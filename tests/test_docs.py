@@ -49,8 +49,8 @@ def resolve(path: str) -> object:
     """The object that a directive documents, found the way the documentation tool finds it.
 
     A dotted step names a submodule when a module file of exactly that name exists (then the
-    page shows the module: ``sekron.torch.compress`` is the module, the function is
-    ``sekron.torch.compress.compress``); otherwise it is an attribute (``sekron.conv`` is the
+    page shows the module: ``sekron.linalg.als`` is the module, the function is
+    ``sekron.linalg.als.cp_als``); otherwise it is an attribute (``sekron.conv`` is the
     function, although ``import sekron.conv`` gives the package ``sekron.convolution``).
     """
     import importlib

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from sekron import Structure, decompose
 from sekron._backend import using
-from sekron.linalg.cp_als import INVERSE_ROWS, _solve
-from sekron.linalg.svd import gram_top, shared_eigh, shares_eigh
+from sekron.linalg.als import INVERSE_ROWS, _solve
+from sekron.linalg.svd import gram_top, shared_eigh, shares_eigh, svd_full
 from sekron.structure_search import _scoring as sc
 from sekron.structure_search._cache import SearchCache
 
@@ -67,6 +67,48 @@ def test_shared_eigh_serves_only_large_real_matrices() -> None:
         assert not shares_eigh(M.astype(np.complex128))
         assert not shares_eigh(np.stack([M[0], M[0]]))  # a batch
     assert not shares_eigh(M)  # outside the block
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 12), n=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_shared_svd_is_the_plain_svd_bitwise(m: int, n: int, seed: int) -> None:
+    M = np.random.default_rng(seed).standard_normal((1, m, n))
+    plain = np.linalg.svd(M, full_matrices=False)
+    with shared_eigh(M.size):
+        first = svd_full(M)
+        first[0][...] = 0.0  # the caller's copy: the stored SVD is untouched
+        again = svd_full(np.array(M))  # the same content in another array
+        small = svd_full(M[:, :1, :])  # below the block's size: computed, not served
+    for a, b in zip(plain, again):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(np.linalg.svd(M[:, :1, :], full_matrices=False), small):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose((plain[0] * plain[1][:, None, :]) @ plain[2], M, atol=1e-10)
+
+
+def test_rank_capped_search_of_a_matrix_shares_one_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TR's first cut of a 1x1 conv is the same square matrix at every cap: one SVD serves them all. In the
+    search's block, TT and Tucker truncate it through its (shared) Gram matrix: the same errors to rounding."""
+    W = np.random.default_rng(3).standard_normal((12, 12, 1, 1))
+    calls = []
+    real = np.linalg.svd
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(np.shape(args[0]))
+        return real(*args, **kwargs)
+
+    budgets = [20.0, 40.0, 80.0]
+    plain = {name: sc.caps_family(W, getattr(Structure, name)(W.shape), budgets) for name in ("tr", "tt", "tucker")}
+    monkeypatch.setattr(np.linalg, "svd", counted)
+    with using("numpy"), shared_eigh(W.size):
+        shared = {name: sc.caps_family(W, getattr(Structure, name)(W.shape), budgets)
+                  for name in ("tr", "tt", "tucker")}
+    assert calls.count((1, 12, 12)) == 1
+    np.testing.assert_array_equal(plain["tr"].err, shared["tr"].err)  # the same SVD: bitwise
+    for name in plain:
+        np.testing.assert_allclose(plain[name].err, shared[name].err, rtol=1e-12)
+        np.testing.assert_array_equal(plain[name].params, shared[name].params)
+        np.testing.assert_array_equal(plain[name].ranks, shared[name].ranks)
 
 
 @pytest.mark.parametrize("pattern, caps", [("chain", {"a": 3, "b": 4, "c": 2}), ("ring", None),
@@ -155,8 +197,14 @@ def test_one_fit_per_cp_problem_and_each_family_reproduces_its_error() -> None:
     with cache.using(W):
         fb = sc.cp_family(W, b, [2, 4, 8])
     assert cache.misses == misses  # the permuted problem is the one already fitted
-    fresh = sc.cp_family(W, b, [2, 4, 8])  # no cache: computed again, the same values
-    np.testing.assert_array_equal(fb.err, fresh.err)
+    fresh = sc.cp_family(W, b, [2, 4, 8])  # no cache: computed again, the same fit
+    for x, y in zip(fb.extra or [], fresh.extra or []):  # the same factors, bitwise
+        for u, v in zip(x["init"][1], y["init"][1]):
+            np.testing.assert_array_equal(u, v)
+    # the recorded error is decompose's for the grid that fitted the problem first: another order of the same
+    # modes sums the reconstruction in another order, so the errors may differ in the last bit
+    np.testing.assert_allclose(fb.err, fresh.err, rtol=1e-13)
+    np.testing.assert_array_equal(fb.params, fresh.params)
     np.testing.assert_allclose(fa.err, fb.err, rtol=1e-10)
     assert np.all(np.diff(fa.err) < 0)  # each rank (warm-started from the one below) fits better
     for fam in (fa, fb):
@@ -195,3 +243,147 @@ def test_als_budget_sets_the_sweeps_for_the_block_only() -> None:
             assert sc._als_iters(*small) == 2
         assert sc._als_iters(*small) == 7
     assert sc._als_iters(*small) == sc.ALS_ITERS
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("extrapolate", [False, True])
+def test_numpy_cp_als_is_the_backend_loop_bitwise(dtype: type, extrapolate: bool) -> None:
+    """cp_als's numpy loop (numpy called directly) gives exactly what the backend-generic loop gives."""
+    from sekron.linalg.als import _cp_als_backend, cp_als, dense_mttkrp
+
+    rng = np.random.default_rng(5)
+    T = rng.standard_normal((7, 6, 5)).astype(dtype)
+    if np.iscomplexobj(T):
+        T = T + 1j * rng.standard_normal(T.shape)
+    start = [rng.standard_normal((d, 4)).astype(T.dtype) for d in T.shape]
+    norm_sq = float(np.real(np.vdot(T, T)))
+    with using("numpy"):
+        fast = cp_als(dense_mttkrp(T), start, norm_sq, 12, 0.0, order=[2, 0, 1], extrapolate=extrapolate)
+        plain = _cp_als_backend(dense_mttkrp(T), list(start), norm_sq, 12, 0.0, [2, 0, 1], None, extrapolate)
+    for a, b in zip(fast, plain):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    approx = tl.cp_to_tensor((None, fast))
+    assert np.linalg.norm(T - approx) < np.linalg.norm(T)  # and it fits
+
+
+def test_numpy_cp_als_with_symmetric_grams_follows_the_backend_loop() -> None:
+    """Real factors of at least SYRK_ROWS rows get their Gram matrices by a symmetric product: the same fit
+    to rounding, and no extra sweep when n_iter is 0 (the factors come back as they are)."""
+    from sekron.linalg.als import SYRK_ROWS, _cp_als_backend, cp_als, dense_mttkrp
+
+    rng = np.random.default_rng(6)
+    T = rng.standard_normal((SYRK_ROWS + 8, 6, 5))
+    start = [rng.standard_normal((d, 3)) for d in T.shape]
+    norm_sq = float(np.sum(T * T))
+    with using("numpy"):
+        fast = cp_als(dense_mttkrp(T), start, norm_sq, 10, 0.0, extrapolate=True)
+        plain = _cp_als_backend(dense_mttkrp(T), list(start), norm_sq, 10, 0.0, [0, 1, 2], None, True)
+        same = cp_als(dense_mttkrp(T), start, norm_sq, 0, 0.0)
+    for a, b in zip(fast, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max())
+    assert all(a is b for a, b in zip(same, start))
+
+
+@settings(max_examples=30, deadline=None)
+@given(R=st.integers(1, 12), P=st.integers(1, 40), seed=st.integers(0, 2**16), singular=st.booleans())
+def test_direct_lapack_solve_is_scipys_cholesky(R: int, P: int, seed: int, singular: bool) -> None:
+    """_solve's direct potrf / potrs calls give scipy's cho_factor / cho_solve result, bitwise; a matrix that
+    is not positive definite falls back to an LU solve, as before."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((R + 2, R))
+    V = A.T @ A + 1e-6 * np.eye(R)
+    if singular:
+        V[0, 0] = -1.0  # indefinite
+    M = rng.standard_normal((P, R))
+    got = _solve(V, M)
+    if P > INVERSE_ROWS * R:
+        np.testing.assert_array_equal(got, M @ np.linalg.inv(V.T))
+    elif singular:
+        np.testing.assert_array_equal(got, np.linalg.solve(V.T, M.T).T)
+    else:
+        np.testing.assert_array_equal(got, cho_solve(cho_factor(V.T, check_finite=False), M.T,
+                                                     check_finite=False).T)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 6), min_size=2, max_size=4), R=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_tree_mttkrp_is_the_dense_mttkrp(shape: list[int], R: int, seed: int) -> None:
+    """Every mode's MTTKRP of the dimension tree equals the unfolding times the Khatri-Rao product, also for
+    extrapolated factors whose partial product is moved along with them instead of recomputed."""
+    rng = np.random.default_rng(seed)
+    T = rng.standard_normal(shape)
+    mttkrp, order = sc._tree_mttkrp(T)
+    assert sorted(order) == list(range(T.ndim)) and T.shape[order[0]] == max(T.shape)
+
+    def dense(facs: list[np.ndarray], k: int) -> np.ndarray:
+        with using("numpy"):
+            return tl.unfold(T, k) @ tl.tenalg.khatri_rao(facs, skip_matrix=k)
+
+    a = [rng.standard_normal((d, R)) for d in shape]
+    b = [rng.standard_normal((d, R)) for d in shape]
+    scale = np.prod([np.linalg.norm(f) for f in a + b]) * np.linalg.norm(T) + 1.0
+    for facs in (a, b):
+        for k in order:
+            np.testing.assert_allclose(mttkrp(facs, k), dense(facs, k), atol=1e-12 * scale)
+    step = 1.7
+    moved = [x + step * (y - x) for x, y in zip(a, b)]
+    mttkrp.extrapolated(a, b, moved, step)  # type: ignore[attr-defined]
+    for k in order:
+        np.testing.assert_allclose(mttkrp(moved, k), dense(moved, k), atol=1e-10 * scale * (1 + step) ** T.ndim)
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 40), R=st.integers(1, 8), decay=st.floats(0.0, 12.0), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([np.float64, np.float32, np.complex128]))
+def test_orthonormal_columns_of_a_gram_truncation(m: int, R: int, decay: float, seed: int, dtype: type) -> None:
+    """The tall branch of a Gram truncation orthonormalises Y = M V_R (Cholesky QR, or Householder QR when
+    that does not apply): orthonormal columns spanning Y's, each along its own column of Y."""
+    from sekron.decomposition._svd_based import _orthonormal_columns
+    from sekron.linalg.svd import gram_eigh
+
+    rng = np.random.default_rng(seed)
+    n = max(1, min(R + 2, m // 2))
+    M = rng.standard_normal((1, m, n)) * np.logspace(0, -decay, n)[None, None, :]
+    if np.iscomplexobj(np.empty(0, dtype)):
+        M = M + 1j * rng.standard_normal(M.shape) * np.logspace(0, -decay, n)[None, None, :]
+    M = M.astype(dtype)
+    V, _, tall = gram_eigh(M)
+    assert tall or m == n == 1
+    R = min(R, n)
+    Y = M @ V[:, :, :R]
+    Q = _orthonormal_columns(Y)
+    eps = float(np.finfo(Q.real.dtype).eps)
+    G = np.swapaxes(Q, 1, 2).conj() @ Q
+    assert np.max(np.abs(G - np.eye(R))) <= 100 * m * eps
+    Qh, _ = np.linalg.qr(Y)
+    # the same span as Householder's basis, when Y is well conditioned
+    s = np.linalg.svd(Y[0], compute_uv=False)
+    if s[-1] > 1e3 * np.sqrt(eps) * s[0]:
+        P1, P2 = Q[0] @ Q[0].conj().T, Qh[0] @ Qh[0].conj().T
+        assert np.max(np.abs(P1 - P2)) <= (1e-3 if dtype == np.float32 else 1e-8)
+    same = _orthonormal_columns(Y, householder=True)
+    np.testing.assert_allclose(np.abs(same), np.abs(Qh), atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 8), extra=st.integers(0, 12), r=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_shared_projection_is_the_leading_rows_of_vt_m(m: int, extra: int, r: int, seed: int) -> None:
+    """The shared V^T M hands out the product of gram_top's leading vectors with M, whatever the call order;
+    a tall matrix, or one outside the block, is not served."""
+    from sekron.linalg.svd import shared_projection
+
+    M = np.random.default_rng(seed).standard_normal((1, m, m + extra))
+    r = min(r, m)
+    assert shared_projection(M, r) is None
+    with shared_eigh(M.size):
+        got = gram_top(M, r)
+        assert got is not None
+        P = shared_projection(M, r)
+        P_all = shared_projection(M, m)
+        assert shared_projection(np.swapaxes(M, 1, 2), 1) is None or m + extra == m  # tall: not served
+    assert P is not None and P_all is not None
+    np.testing.assert_allclose(P[0], got[0][0].T @ M[0], atol=1e-12 * np.abs(M).sum())
+    np.testing.assert_array_equal(P, P_all[:, :r])

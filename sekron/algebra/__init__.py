@@ -6,7 +6,7 @@ operators of :class:`sekron.SeKronTensor` (``+ - * / @``, ``[]``, ``.T``, ``conj
 """
 
 from .arithmetic import add, allclose, astype, conj, hadamard, inner, negative, norm, scale, subtract
-from .cross import cross, maxvol, rect_maxvol
+from .cross_approximation import cross, maxvol, rect_maxvol
 from .indexing import entries, getitem
 from .linear import DENSE_LIMIT, dense, linear_operator, matmul, rmatmul, transpose
 

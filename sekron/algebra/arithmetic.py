@@ -31,7 +31,7 @@ import tensorly as tl
 
 from .._backend import dispatch, using
 from .._validation import check_size
-from ..linalg.contract import LabelAllocator, contract
+from ..linalg.contraction import LabelAllocator, contract
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure
 from ._common import (

@@ -32,7 +32,7 @@ import numpy as np
 import tensorly as tl
 
 from .._validation import check_size
-from ..linalg.contract import LabelAllocator, contract
+from ..linalg.contraction import LabelAllocator, contract
 from ..sekron_tensor import SeKronTensor
 from ..structure import Structure
 from ._common import backend_dtype, check_sk, like_structure, on_sk_backend

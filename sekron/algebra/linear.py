@@ -19,7 +19,7 @@ import tensorly as tl
 
 from .._backend import dispatch, using
 from .._validation import check_array, check_size
-from ..linalg.contract import LabelAllocator, einsum2
+from ..linalg.contraction import LabelAllocator, einsum2
 from ..sekron_tensor import SeKronTensor
 from ._common import backend_dtype, check_sk, dtype_name, like_structure, result_dtype
 

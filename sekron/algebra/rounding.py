@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ..linalg.cp_als import MTTKRP
-from ..linalg.cp_als import cp_als as als_loop
+from ..linalg.als import MTTKRP
+from ..linalg.als import cp_als as als_loop
 from ..linalg.svd import svd_full
 from ..linalg.truncation import Budget, smallest_rank
 from ..linalg.tt import choose_rank, constant, exact_rtol
@@ -153,7 +153,7 @@ def _cp_sq(X: list[Any], Y: list[Any]) -> complex:
 
 
 def _cp_mttkrp(X: list[Any]) -> MTTKRP:
-    """The MTTKRP of the CP tensor with factors ``X`` (R, P_k), for :func:`sekron.linalg.cp_als.cp_als`."""
+    """The MTTKRP of the CP tensor with factors ``X`` (R, P_k), for :func:`sekron.linalg.als.cp_als`."""
 
     def mttkrp(U: list[Any], k: int) -> Any:
         H = _prod_except([tl.matmul(x, tl.conj(u)) for x, u in zip(X, U)], k)  # (R, r): prod_j <x_j, conj u_j>

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ..linalg.cp_als import MTTKRP, cp_als
+from ..linalg.als import MTTKRP, cp_als
 from ..linalg.tt import constant, tt_norm_sq
 
 
@@ -28,7 +28,7 @@ def _chain(zs: list[Any], R: int, like: Any) -> Any:
 
 
 def _tt_mttkrp(cores: list[Any], R: int) -> MTTKRP:
-    """The MTTKRP ``W_(n) conj(K_n)`` of the TT ``cores``, for :func:`sekron.linalg.cp_als.cp_als`."""
+    """The MTTKRP ``W_(n) conj(K_n)`` of the TT ``cores``, for :func:`sekron.linalg.als.cp_als`."""
     like = cores[0]
 
     def mttkrp(U: list[Any], n: int) -> Any:

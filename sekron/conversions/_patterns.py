@@ -27,7 +27,7 @@ import tensorly as tl
 
 from .._backend import dispatch
 from .._validation import check_size, check_tol
-from ..linalg.contract import LabelAllocator, contract, einsum2
+from ..linalg.contraction import LabelAllocator, contract, einsum2
 from ..linalg.svd import svd_full
 from ..linalg.truncation import Budget, branch_mask, choose_ranks
 from ..linalg.tt import constant, tt_norm_sq, tt_round

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
-from ..linalg.contract import LabelAllocator, contract
+from ..linalg.contraction import LabelAllocator, contract
 from ..linalg.truncation import Budget
 from ..linalg.tt import Applier, constant, exact_rtol, sweep, tt_round, tt_svd
 from ..sekron_tensor import SeKronTensor

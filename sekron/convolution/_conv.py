@@ -19,7 +19,7 @@ from typing import Any
 
 from .._backend import infer_backend, using
 from .._validation import check_array, check_choice, check_int, check_shape, check_size
-from ..linalg.contract import einsum2
+from ..linalg.contraction import einsum2
 from ..sekron_tensor import SeKronTensor
 from . import _plan as cp
 from ._backends import conv_ops

@@ -17,7 +17,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from ..linalg.contract import LabelAllocator, Step, greedy_order
+from ..linalg.contraction import LabelAllocator, Step, greedy_order
 from ..structure import count_params
 
 #: cost of writing or copying one element, in MAC equivalents (the planner's score)
@@ -264,7 +264,7 @@ def digit_labels(labels: tuple[str, ...]) -> str:
 
 
 def reconstruction_steps(spec: KernelSpec) -> tuple[tuple[Step, ...], int]:
-    """Pairwise contraction order that forms the kernel (:func:`sekron.linalg.contract.greedy_order`), and its
+    """Pairwise contraction order that forms the kernel (:func:`sekron.linalg.contraction.greedy_order`), and its
     MACs (batched matmuls).
 
     Outer products come last. Each step is one ``einsum2`` (one batched matmul); the last one

@@ -10,7 +10,7 @@ import numpy as np
 import tensorly as tl
 from tensorly.decomposition._cp import initialize_cp
 
-from ..linalg.cp_als import cp_als, dense_mttkrp
+from ..linalg.als import cp_als, dense_mttkrp
 from ..linalg.truncation import smallest_rank
 from ._svd_based import Context, nested
 
@@ -46,23 +46,27 @@ ALS_TOL = 1e-10
 
 
 def _als(T: Any, R: int, ctx: Context) -> list[Any]:
-    """CP-ALS on T (:func:`sekron.linalg.cp_als.cp_als`) from tensorly's ``init`` ("svd" or "random")."""
+    """CP-ALS on T (:func:`sekron.linalg.als.cp_als`) from tensorly's ``init`` ("svd" or "random")."""
     n_iter = int(ctx.options.get("n_iter_max", 200))
     init = ctx.options.get("init", "svd")
     with warnings.catch_warnings():  # tensorly's note that an SVD init pads small modes is not the user's concern
         warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs", category=UserWarning)
         weights, facs = initialize_cp(T, R, init=init, random_state=ctx.random_state)
     facs = [facs[0] * tl.reshape(weights, (1, R)), *facs[1:]]
-    norm_sq = float(np.real(tl.to_numpy(tl.sum(tl.abs(T) ** 2))))
-    facs = cp_als(dense_mttkrp(T), facs, norm_sq, n_iter, ALS_TOL)
+    if n_iter > 0:  # n_iter_max=0 replays a given start (the search's fits): nothing to iterate
+        norm_sq = float(np.real(tl.to_numpy(tl.sum(tl.abs(T) ** 2))))
+        facs = cp_als(dense_mttkrp(T), facs, norm_sq, n_iter, ALS_TOL)
     return [tl.transpose(f, (1, 0)) for f in facs]  # (R, P_k)
 
 
 def _cp_error_sq(T: Any, facs: list[Any]) -> float:
-    from ..linalg.contract import LabelAllocator, contract
+    from ..linalg.contraction import LabelAllocator, contract
 
     modes = LabelAllocator("r").many(len(facs))
     approx = contract([("r" + m, f) for m, f in zip(modes, facs)], modes)
+    if isinstance(T, np.ndarray) and isinstance(approx, np.ndarray):  # one BLAS dot, no squared temporary
+        d = (T - approx).reshape(-1)
+        return float(np.vdot(d, d).real)
     return float(tl.to_numpy(tl.norm(tl.reshape(T - approx, (-1,))))) ** 2
 
 

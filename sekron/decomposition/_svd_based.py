@@ -22,6 +22,8 @@ from ..linalg.svd import (
     choose_svd,
     gram_eigh,
     gram_top,
+    in_shared_block,
+    shared_projection,
     shares_eigh,
     svd_full,
     svd_gram,
@@ -50,6 +52,9 @@ class Context:
         """
         cap = self.caps.get(label)
         fn = self.svd_for(M)
+        if (fn is svd_full and cap is not None and self.svd == "auto" and self.tol is None and label != "\0ring"
+                and isinstance(M, np.ndarray) and M.dtype.kind == "f" and in_shared_block()):
+            fn = svd_gram  # the search's rank-capped truncations (see shared_eigh); a ring's first cut excepted
         if fn is svd_gram:
             out = self._gram_truncated(M, cap, label)
             if out is not None:
@@ -94,11 +99,54 @@ class Context:
         B = int(M.shape[0])
         mask = branch_mask(ranks, R, V)
         if tall:  # V holds right vectors: orthonormalise M V_R for the left ones
-            U, _ = tl.qr(tl.matmul(M, V[:, :, :R]))
+            # a ring's first cut keeps Householder's signs: its error depends on them (the cut is split in two bonds)
+            U = _orthonormal_columns(tl.matmul(M, V[:, :, :R]), householder=label == "\0ring")
         else:
             U = V[:, :, :R]
+            P = shared_projection(M, R) if top is not None else None
+            if P is not None:  # the leading rows of the shared V^T M: C = U^T M without a product per cut
+                return U * tl.reshape(mask, (B, 1, R)), P * tl.reshape(mask, (B, R, 1)), ranks
         U = U * tl.reshape(mask, (B, 1, R))
         return U, tl.matmul(_ct(U), M), ranks
+
+
+#: Cholesky QR is used only while the column-normalised Gram matrix ``G`` is this close to the identity
+#: (largest row sum of ``|G - I|``, a bound on ``||G - I||_2``): then its condition number is at most 3 and one
+#: pass orthonormalises to rounding (Yamamoto et al., 2015); beyond it, Householder QR
+CHOLESKY_QR_GAP = 0.5
+
+
+def _orthonormal_columns(Y: Any, householder: bool = False) -> Any:
+    """An orthonormal basis ``Q`` (B, m, R) of the columns of ``Y`` (B, m, R), column j along ``Y``'s column j.
+
+    ``Y = M V_R`` has nearly orthogonal columns (``V_R`` are Gram eigenvectors), so for numpy it is one
+    pass of Cholesky QR on the columns scaled to unit norm: two thin products instead of a Householder QR
+    of a tall matrix, which is several times slower. When the scaled Gram matrix is not within
+    :data:`CHOLESKY_QR_GAP` of the identity (a tiny, inaccurate column), for another backend, or with
+    ``householder``, it is the backend's QR.
+    """
+    if not householder and isinstance(Y, np.ndarray) and Y.dtype.kind in "fc" and Y.ndim == 3:
+        out = [_cholesky_qr(Y[b]) for b in range(Y.shape[0])]
+        if all(q is not None for q in out):
+            return np.stack(out)  # type: ignore[arg-type]
+    U, _ = tl.qr(Y)
+    return U
+
+
+def _cholesky_qr(Y: np.ndarray) -> np.ndarray | None:
+    """:func:`_orthonormal_columns` of one numpy matrix, or None when Cholesky QR does not apply."""
+    from scipy.linalg import solve_triangular
+
+    norms = np.linalg.norm(Y, axis=0)
+    if not np.all(norms > 0):
+        return None
+    Q = Y / norms
+    G = Q.T @ Q if Q.dtype.kind == "f" else Q.conj().T @ Q
+    eye = np.eye(Y.shape[1], dtype=Y.dtype)
+    if not float(np.max(np.sum(np.abs(G - eye), axis=1))) < CHOLESKY_QR_GAP:
+        return None
+    L = np.linalg.cholesky(G)  # G = L L^H: Q L^{-H} has orthonormal columns
+    return Q @ solve_triangular(L, eye, lower=True, check_finite=False).conj().T
 
 
 def _digits(x: Any, bonds: tuple[int, ...], fshape: tuple[int, ...]) -> Any:

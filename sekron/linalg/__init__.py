@@ -3,15 +3,15 @@
 - :mod:`sekron.linalg.svd`: the SVD variants (full, Gram, randomized) and their registry;
   singular values from a Gram matrix.
 - :mod:`sekron.linalg.truncation`: rank choice from singular values under caps and an error budget.
-- :mod:`sekron.linalg.contract`: pairwise contraction through batched matmul, its greedy order,
+- :mod:`sekron.linalg.contraction`: pairwise contraction through batched matmul, its greedy order,
   and the one allocator of internal einsum labels.
 - :mod:`sekron.linalg.tt`: tensor-train kernels (TT-SVD, orthogonalisation, the truncating sweep,
   the norm of a TT).
-- :mod:`sekron.linalg.cp_als`: the CP-ALS loop, given any MTTKRP.
+- :mod:`sekron.linalg.als`: the CP-ALS loop, given any MTTKRP.
 """
 
-from .contract import LabelAllocator, contract, einsum2, greedy_order
-from .cp_als import cp_als, dense_mttkrp
+from .als import cp_als, dense_mttkrp
+from .contraction import LabelAllocator, contract, einsum2, greedy_order
 from .svd import (
     SVD_FUNCTIONS,
     SVDFunction,

@@ -32,6 +32,8 @@ PARTIAL_EIGH_FRACTION = 0.5
 #: :func:`shared_eigh` serves only Gram matrices up to this size (beyond it a full eigen-decomposition
 #: costs more than the partial ones it replaces)
 SHARED_EIGH_MAX = 1536
+#: entries of an array that :func:`shared_eigh`'s fingerprint reads (its memo then compares whole contents)
+FINGERPRINT_ENTRIES = 4096
 #: a quantity within this factor of the rounding noise ``eps`` (per term) counts as noise:
 #: an exact conversion drops singular values below ``NOISE_MARGIN * eps * s_max``, and a
 #: Gram-based SVD is refused when the error allowance is within it of the Gram's rounding
@@ -62,7 +64,14 @@ def randomized_pays(rank: int | None, m: int, n: int) -> bool:
 
 
 def svd_full(M: Any, rank: int | None = None, random_state: Any = None) -> tuple[Any, Any, Any]:
-    """The backend's thin SVD (LAPACK gesdd on numpy)."""
+    """The backend's thin SVD (LAPACK gesdd on numpy).
+
+    Within :func:`shared_eigh`, the SVD of a single real numpy matrix of at least its size is
+    computed once per content and shared (the same values, bitwise, as a fresh call).
+    """
+    shared = _shared_svd(M)
+    if shared is not None:
+        return shared
     U, s, Vh = tl.svd(M, full_matrices=False)
     return U, s, Vh
 
@@ -170,7 +179,11 @@ def shared_eigh(min_size: int) -> Iterator[None]:
 
     The structure search truncates the same unfoldings of a weight at many ranks (the rank
     caps of TT, TR and Tucker at every budget, the SVD starts of CP-ALS at every rank): with
-    ``min_size = W.size`` each full-size unfolding's Gram matrix is formed and solved once. The
+    ``min_size = W.size`` each full-size unfolding's Gram matrix is formed and solved once.
+    Within the block a rank-capped truncation without ``tol`` also takes the Gram route for
+    square-ish real numpy unfoldings (:meth:`sekron.decomposition._svd_based.Context.truncated`),
+    where ``svd="auto"`` would otherwise take a full SVD: the cap, not the spectrum's precision,
+    decides the rank, and the discarded energy is exact to rounding either way. The
     result of a call never depends on which calls came before it (the stored decomposition is
     always the full one), so a search that skips some calls (a warm cache) returns the same values.
 
@@ -191,6 +204,11 @@ def shared_eigh(min_size: int) -> Iterator[None]:
         _SHARED.reset(token)
 
 
+def in_shared_block() -> bool:
+    """Whether a :func:`shared_eigh` block is active (the structure search runs in one)."""
+    return _SHARED.get() is not None
+
+
 def shares_eigh(M: Any) -> bool:
     """Whether :func:`gram_top` of the single matrix ``M`` (1, m, n) is served by :func:`shared_eigh` here."""
     active = _SHARED.get()
@@ -205,10 +223,7 @@ def _shared_eigh(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float] | 
     if active is None or not shares_eigh(M[None]):
         return None
     A = np.ascontiguousarray(M)
-    probes = active[1].get(("probe", A.size))
-    if probes is None:
-        probes = active[1][("probe", A.size)] = np.random.default_rng(A.size).standard_normal(A.size)
-    key = (A.shape, A.dtype.str, float(A.reshape(-1) @ probes))  # a cheap fingerprint; equality is checked
+    key = _fingerprint(A, active[1])  # equality is checked below
     for stored, got in active[1].get(key, []):
         if np.array_equal(stored, A):
             return got
@@ -220,6 +235,57 @@ def _shared_eigh(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float] | 
     got = (np.ascontiguousarray(V[:, ::-1]), np.ascontiguousarray(lam[::-1]), tall, trace)
     active[1].setdefault(key, []).append((A.copy() if A is M else A, got))
     return got
+
+
+def shared_projection(M: Any, rank: int) -> np.ndarray | None:
+    """``V_r^T M`` (1, r, n) for a wide single real matrix ``M`` (1, m, n) served by :func:`shared_eigh`, where
+    ``V_r`` are the ``r`` leading eigenvectors of its shared Gram decomposition (what :func:`gram_top` returns):
+    the full product ``V^T M`` is formed once per content and its leading rows handed out (a copy).
+
+    The rank-capped cuts of one unfolding at many ranks (the TT, TR and Tucker caps of the search all start by
+    cutting ``(d_1 | rest)``) then cost one product instead of one each. None when ``M`` is not served or tall.
+    """
+    active = _SHARED.get()
+    if active is None or not shares_eigh(M) or int(M.shape[1]) > int(M.shape[2]):
+        return None
+    A = np.ascontiguousarray(M[0])
+    full = _shared_eigh(A)
+    if full is None:
+        return None
+    key = ("proj", *_fingerprint(A, active[1]))
+    for stored, P in active[1].get(key, []):
+        if np.array_equal(stored, A):
+            return P[None, :rank].copy()
+    P = full[0].T @ A
+    active[1].setdefault(key, []).append((A.copy() if A is M[0] else A, P))
+    return P[None, :rank].copy()
+
+
+def _shared_svd(M: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The thin SVD of the single matrix ``M`` (1, m, n) from the active :func:`shared_eigh` memo (copies of
+    the stored arrays, so a caller may alter them), or None when the memo does not serve ``M``."""
+    active = _SHARED.get()
+    if active is None or not isinstance(M, np.ndarray) or M.ndim != 3 or int(M.shape[0]) != 1 \
+            or M.size < active[0] or M.dtype.kind != "f":
+        return None
+    A = np.ascontiguousarray(M)
+    key = ("svd", *_fingerprint(A, active[1]))
+    for stored, got in active[1].get(key, []):
+        if np.array_equal(stored, A):
+            return got[0].copy(), got[1].copy(), got[2].copy()
+    U, s, Vh = np.linalg.svd(A, full_matrices=False)
+    active[1].setdefault(key, []).append((A.copy() if A is M else A, (U, s, Vh)))
+    return U.copy(), s.copy(), Vh.copy()
+
+
+def _fingerprint(A: np.ndarray, store: dict[Any, Any]) -> tuple[Any, ...]:
+    """A cheap content fingerprint of a contiguous ``A`` (shape, dtype, a fixed random projection of at most
+    :data:`FINGERPRINT_ENTRIES` evenly spaced entries); equality of the contents is still checked by the caller."""
+    flat = A.reshape(-1)[:: max(1, A.size // FINGERPRINT_ENTRIES)]
+    probes = store.get(("probe", flat.size))
+    if probes is None:
+        probes = store[("probe", flat.size)] = np.random.default_rng(flat.size).standard_normal(flat.size)
+    return A.shape, A.dtype.str, float(flat @ probes)
 
 
 def eigh_top(G: np.ndarray, rank: int, *, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray, float]:

@@ -43,7 +43,7 @@ import numpy as np
 Entry = dict[str, np.ndarray]
 
 #: layout version of the on-disk cache (bumped when keys or entries change meaning)
-VERSION = 2
+VERSION = 3  # 3: CP fits with the dimension-tree MTTKRP of _scoring._TreeMTTKRP (values move in the last bits)
 
 
 def weight_hash(W: np.ndarray) -> str:

@@ -93,9 +93,10 @@ def whole_mode_families(W: np.ndarray, budget: float, budgets: Sequence[float], 
     select = budget if select is None else select
     fams: list[sc.Family] = []
     if 2 in n_factors and s2_pattern is not None:
+        norm2 = sc.sq_norm(W)
         for grid in grouped_grids(W.shape, 2) if W.ndim >= 3 else []:
             if sum(math.prod(s) for s in grid) <= select:
-                fams.append(sc.two_factor(W, Structure(grid), top_budget, s2_pattern))
+                fams.append(sc.two_factor(W, Structure(grid), top_budget, s2_pattern, norm2))
     if 3 not in n_factors:
         return fams
     for grid in spatial_grouped(W.shape, 3):

@@ -39,7 +39,7 @@ import numpy as np
 
 from .._backend import using
 from ..decomposition import decompose
-from ..linalg.cp_als import MTTKRP, cp_als
+from ..linalg.als import MTTKRP, cp_als
 from ..linalg.svd import gram_eigvalsh, gram_top
 from ..structure import Structure
 from . import _baselines as bl
@@ -49,7 +49,7 @@ from ._cache import memo
 #: ALS_FLOPS = 1e9) reach a lower summed error over whole models than 60 plain sweeps did, in less time
 #: (docs/speed.md, "Quiet machine": 36 sweeps and 1.5e9 gave errors 1 to 3% lower still, in 1.3 to 1.4x the time)
 ALS_ITERS = 18
-#: fits of at least this many sweeps extrapolate each sweep's step (:func:`sekron.linalg.cp_als.cp_als`); the
+#: fits of at least this many sweeps extrapolate each sweep's step (:func:`sekron.linalg.als.cp_als`); the
 #: shorter ones (large weights, see ALS_FLOPS) do not, since every extrapolation costs one more MTTKRP
 EXTRAPOLATE_FROM = 8
 #: flop allowance of one cp candidate's ALS (fewer sweeps on large weights)
@@ -108,8 +108,9 @@ def _family(st: Structure, kind: str, params: Any, err: Any, ranks: Any, extra: 
 
 @functools.lru_cache(maxsize=4096)
 def with_pattern(st: Structure, pattern: str) -> Structure:
-    """``st.with_pattern(pattern)``, built and validated once (Structures are immutable)."""
-    return st.with_pattern(pattern)
+    """``st.with_pattern(pattern)``, built and validated once (Structures are immutable); ``st`` itself when it
+    already has that pattern."""
+    return st if st.pattern == pattern else st.with_pattern(pattern)
 
 
 def _tails(s2: np.ndarray, total: np.ndarray | float) -> np.ndarray:
@@ -136,12 +137,19 @@ def level1(T: np.ndarray, P1: int, r: int | None = None) -> tuple[np.ndarray, np
     return ev, C
 
 
-def two_factor(W: np.ndarray, st: Structure, max_params: float, pattern: str) -> Family:
-    """All ranks of an S = 2 grid (nested = chain = cp for S = 2); errors in W's precision."""
+def sq_norm(W: np.ndarray) -> float:
+    """``||W||^2`` as :func:`two_factor` measures it (callers scoring many grids of one W compute it once)."""
+    return float(np.sum(np.abs(W.astype(np.float64)) ** 2))
+
+
+def two_factor(W: np.ndarray, st: Structure, max_params: float, pattern: str, norm2: float | None = None) -> Family:
+    """All ranks of an S = 2 grid (nested = chain = cp for S = 2); errors in W's precision.
+
+    ``norm2``: :func:`sq_norm` of W, when the caller has it."""
     P1, P2 = st.factor_sizes
     s2 = memo("svals", W, {"grid": st.factor_shapes},
               lambda: {"s2": gram_eigvalsh(st.rearrange(W).reshape(P1, P2)).astype(np.float64)})["s2"]
-    norm2 = float(np.sum(np.abs(W.astype(np.float64)) ** 2))
+    norm2 = sq_norm(W) if norm2 is None else norm2
     tails = _tails(s2, norm2)
     k = s2.shape[0]
     R = np.arange(1, k + 1)
@@ -291,33 +299,6 @@ def _gram3(st: Structure, blocks: np.ndarray, tail1: np.ndarray, norm2: float, m
     return _grid_points(with_pattern(st, pattern), R1s, params, err2, norm2, max_params)
 
 
-def _mttkrp(T: np.ndarray, facs: list[np.ndarray], k: int, unfolded: np.ndarray | None = None) -> np.ndarray:
-    """``T`` contracted with every factor but ``k`` on the shared rank index: (P_k, R).
-
-    The largest other mode goes first, as one matmul; the rest are contracted with the rank
-    index kept as a batch, so no Khatri-Rao product of the other factors is ever formed.
-    ``unfolded``: that first mode's unfolding of T (:func:`_first_unfolding`), when the caller keeps it.
-    """
-    R = facs[0].shape[1]
-    others = sorted((j for j in range(T.ndim) if j != k), key=lambda j: -T.shape[j])
-    first = others[0]
-    X = facs[first].T @ (_first_unfolding(T, k) if unfolded is None else unfolded)
-    modes = [j for j in range(T.ndim) if j != first]
-    X = X.reshape((R, *(T.shape[j] for j in modes)))
-    for j in others[1:]:
-        axis = 1 + modes.index(j)
-        X = np.moveaxis(X, axis, -1)
-        X = np.einsum("r...j,jr->r...", X, facs[j])
-        modes.remove(j)
-    return X.reshape(R, T.shape[k]).T
-
-
-def _first_unfolding(T: np.ndarray, k: int) -> np.ndarray:
-    """The unfolding of T along the mode that :func:`_mttkrp` contracts first for mode ``k``."""
-    first = sorted((j for j in range(T.ndim) if j != k), key=lambda j: -T.shape[j])[0]
-    return np.moveaxis(T, first, 0).reshape(T.shape[first], -1)
-
-
 def leading_vectors(M: np.ndarray, R: int) -> np.ndarray:
     """The top ``min(R, m, n)`` left singular vectors of ``M`` (m, n), from the smaller Gram matrix."""
     top = gram_top(M[None], min(R, *M.shape))
@@ -336,7 +317,7 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
     weights folded in.
 
     Stops after ``n_iter`` sweeps or when the relative error changes by less than ``tol``
-    (:func:`sekron.linalg.cp_als.cp_als`, with the dimension-tree MTTKRP of :func:`_tree_mttkrp`).
+    (:func:`sekron.linalg.als.cp_als`, with the dimension-tree MTTKRP of :func:`_tree_mttkrp`).
     With ``deadline`` (a ``time.perf_counter()`` value) it also stops after the sweep that passes it.
     """
     rng = np.random.default_rng(0)
@@ -353,36 +334,82 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
                       extrapolate=extrapolate)
 
 
-def _tree_mttkrp(T: np.ndarray) -> tuple[MTTKRP, list[int]]:
-    """Dimension-tree MTTKRP of a real T, and the mode order it wants: the largest mode L first.
+def _khatri_rao(facs: Sequence[np.ndarray]) -> np.ndarray:
+    """Column-wise Kronecker product of factors (Q_j, R), rows in C order:
+    ``K[(q_0, .., q_m), r] = prod_j f_j[q_j, r]``."""
+    K = facs[0]
+    R = K.shape[1]
+    for f in facs[1:]:
+        K = (K[:, None, :] * f[None, :, :]).reshape(-1, R)
+    return K
 
-    ``T x_L A_L``, formed once after A_L is updated, serves every other mode's MTTKRP.
+
+class _TreeMTTKRP:
+    """Dimension-tree MTTKRP of a real T, for :func:`sekron.linalg.als.cp_als`; ``order``: the mode order it
+    wants, the largest mode L first.
+
+    Mode L's MTTKRP is one matrix product, ``T_(L) K`` with the Khatri-Rao product ``K`` of the other
+    factors. ``X = A_L^T T_(L)``, formed once after ``A_L`` is updated, serves every other mode's MTTKRP
+    (a batched product with the Khatri-Rao product of the remaining factors). ``X`` is linear in ``A_L``,
+    so the extrapolated factors of an ALS sweep get theirs as the same combination of the two ``X`` they
+    lie between (:meth:`extrapolated`), not from another product with T.
     """
-    L = int(np.argmax(T.shape))
-    rest = [k for k in range(T.ndim) if k != L]
-    TL = np.moveaxis(T, L, 0).reshape(T.shape[L], -1)
-    TF = _first_unfolding(T, L)  # formed once, not at every sweep
-    cache: dict[str, Any] = {}
 
-    def mttkrp(facs: list[np.ndarray], k: int) -> np.ndarray:
-        if k == L:
-            return _mttkrp(T, facs, L, TF)
-        if cache.get("of") is not facs[L]:
-            R = facs[L].shape[1]
-            cache["of"], cache["X"] = facs[L], (facs[L].T @ TL).reshape((R, *(T.shape[j] for j in rest)))
-        return _batched_mttkrp(cache["X"], [facs[j] for j in rest], rest.index(k))
+    def __init__(self, T: np.ndarray) -> None:
+        self.L = L = int(np.argmax(T.shape))
+        self.rest = [k for k in range(T.ndim) if k != L]
+        self.shapes = tuple(T.shape[j] for j in self.rest)
+        self.TL = np.ascontiguousarray(np.moveaxis(T, L, 0)).reshape(T.shape[L], -1)
+        self.order = [L, *self.rest]
+        self._x: list[tuple[np.ndarray, np.ndarray]] = []  # (A_L, X) of the last few A_L, by identity
+        # per mode k != L: its size, the modes before and after it in X, and the product of those after
+        self._plan = {k: (self.shapes[i], self.rest[:i], self.rest[i + 1:], math.prod(self.shapes[i + 1:]))
+                      for i, k in enumerate(self.rest)}
 
-    return mttkrp, [L, *rest]
+    def _X(self, A: np.ndarray) -> np.ndarray:
+        for a, X in self._x:
+            if a is A:
+                return X
+        return self._keep(A, (A.T @ self.TL).reshape((A.shape[1], *self.shapes)))
+
+    def _keep(self, A: np.ndarray, X: np.ndarray) -> np.ndarray:
+        self._x = [*self._x[-2:], (A, X)]
+        return X
+
+    def extrapolated(self, start: Sequence[np.ndarray], end: Sequence[np.ndarray], moved: Sequence[np.ndarray],
+                     step: float) -> None:
+        """``moved[L] = start[L] + step (end[L] - start[L])``: its X from theirs, when both are at hand."""
+        L = self.L
+        Xa = next((X for a, X in self._x if a is start[L]), None)
+        Xb = next((X for a, X in self._x if a is end[L]), None)
+        if Xa is not None and Xb is not None:
+            self._keep(moved[L], Xa + step * (Xb - Xa))
+
+    def __call__(self, facs: list[np.ndarray], k: int) -> np.ndarray:
+        if k == self.L:
+            rest = self.rest
+            return self.TL @ (facs[rest[0]] if len(rest) == 1 else _khatri_rao([facs[j] for j in rest]))
+        X = self._X(facs[self.L])
+        R = X.shape[0]
+        if len(self.rest) == 1:
+            return X.reshape(R, -1).T
+        # contract the modes after k, then those before it, each as one batched product with their Khatri-Rao
+        # product (no copy of X to bring mode k forward)
+        Pk, lead, trail, after = self._plan[k]
+        Y = X
+        if trail:
+            K = facs[trail[0]] if len(trail) == 1 else _khatri_rao([facs[j] for j in trail])
+            Y = np.matmul(X.reshape(R, -1, after), K.T[:, :, None])
+        if lead:
+            K = facs[lead[0]] if len(lead) == 1 else _khatri_rao([facs[j] for j in lead])
+            Y = np.matmul(K.T[:, None, :], Y.reshape(R, K.shape[0], Pk))
+        return Y.reshape(R, Pk).T
 
 
-def _batched_mttkrp(X: np.ndarray, facs: list[np.ndarray], i: int) -> np.ndarray:
-    """``X`` (R, Q_0..Q_m) contracted with every factor (Q_j, R) but ``i`` on the rank index: (Q_i, R)."""
-    R = X.shape[0]
-    modes = list(range(len(facs)))
-    for j in sorted((j for j in modes if j != i), key=lambda j: -facs[j].shape[0]):
-        X = np.einsum("r...j,jr->r...", np.moveaxis(X, 1 + modes.index(j), -1), facs[j])
-        modes.remove(j)
-    return X.reshape(R, -1).T
+def _tree_mttkrp(T: np.ndarray) -> tuple[MTTKRP, list[int]]:
+    """The :class:`_TreeMTTKRP` of T and the mode order it wants."""
+    m = _TreeMTTKRP(T)
+    return m, m.order
 
 
 _ALS_BUDGET: contextvars.ContextVar[tuple[int, float] | None] = contextvars.ContextVar("sekron_als_budget",

@@ -211,7 +211,8 @@ def _two_factor_grids(W: np.ndarray, budget: float, top: float, pattern: str) ->
     """Score S = 2 grids (ranks up to ``top`` parameters): all of them, or those a coordinate descent visits."""
     grids = [g for g in _grids(tuple(W.shape)) if sum(g.factor_sizes) <= budget]
     if sum(_grid_cost(g) for g in grids) <= EXHAUSTIVE_FLOPS:
-        return [sc.two_factor(W, g, top, pattern) for g in grids]
+        norm2 = sc.sq_norm(W)
+        return [sc.two_factor(W, g, top, pattern, norm2) for g in grids]
     return _coordinate_descent(W, budget, top, pattern)
 
 
@@ -248,8 +249,9 @@ def _coordinate_descent(W: np.ndarray, budget: float, top: float, pattern: str) 
         if not moved:
             break
     best = sorted((e, first) for first, e in seen.items() if math.isfinite(e))[:CD_KEEP]
-    return [sc.two_factor(W, Structure((first, tuple(d // a for d, a in zip(shape, first))), pattern), top, pattern)
-            for _, first in best]
+    norm2 = sc.sq_norm(W)
+    return [sc.two_factor(W, Structure((first, tuple(d // a for d, a in zip(shape, first))), pattern), top, pattern,
+                          norm2) for _, first in best]
 
 
 def _refine(W: np.ndarray, fam: sc.Family, budget: float, top: float, patterns: Sequence[str]) -> list[sc.Family]:

@@ -1,7 +1,7 @@
 """PyTorch integration: SeKron layers and whole-model compression (the only package importing torch)."""
 
-from .compress import CompressionReport, compress
-from .distill import distill
+from .compression import CompressionReport, compress
+from .distillation import distill
 from .export import deployed_cost, to_standard
 from .layers import (
     LAYERS,

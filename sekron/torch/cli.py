@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..cli import check_output
-from .compress import ALLOCATIONS, BUDGETS, METHODS, OBJECTIVES, compress
+from .compression import ALLOCATIONS, BUDGETS, METHODS, OBJECTIVES, compress
 
 
 def _factory(spec: str) -> Callable[[], nn.Module]:

@@ -105,17 +105,46 @@ def _rotation(L: tuple[str, ...], target: tuple[str, ...]) -> int | None:
     return None
 
 
+def pad_stages(factor_shapes: Sequence[Sequence[int]], order: Sequence[int],
+               pads: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    """Per spatial axis, the stage of a deployed factorized conv that pads it.
+
+    Symmetric padding goes to the first stage whose kernel spans the axis (0 when none does):
+    the stages before it are point-wise along that axis, stride 1 there (a stride is applied at
+    the last spanning stage), no bias, so padding their input or their output is the same
+    function for every padding mode, and they run on the unpadded size. Asymmetric padding
+    (a pad module before the first stage) stays at stage 0.
+
+    >>> pad_stages([(1, 64, 1, 1), (32, 1, 3, 3)], (0, 1), ((1, 1), (1, 1)))
+    (1, 1)
+    >>> pad_stages([(1, 64, 1, 3), (32, 1, 3, 1)], (0, 1), ((1, 1), (1, 1)))
+    (1, 0)
+    """
+    if any(lo != hi for lo, hi in pads):
+        return (0,) * len(pads)
+    at = []
+    for n in range(len(pads)):
+        wide = [i for i, k in enumerate(order) if int(factor_shapes[k][2 + n]) > 1]
+        at.append(wide[0] if wide else 0)
+    return tuple(at)
+
+
 def stage_spatial(factor_shapes: Sequence[Sequence[int]], labels: Sequence[str], ranks: dict[str, int],
                   order: Sequence[int], spatial: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
                   pads: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
-    """Spatial size before the first stage (padded) and after each stage of a deployed factorized conv."""
+    """Spatial size before the first stage and after each stage of a deployed factorized conv.
+
+    Each axis is padded at its stage of :func:`pad_stages`.
+    """
     S = len(factor_shapes)
     D = len(factor_shapes[0]) - 2
-    sp = tuple(int(L) + lo + hi for L, (lo, hi) in zip(spatial, pads))
+    sp = tuple(int(L) for L in spatial)
+    pad_at = pad_stages(factor_shapes, order, pads)
     stride_at = cp._stride_stages(cp.KernelSpec(tuple(tuple(int(v) for v in fs) for fs in factor_shapes),
                                                 tuple(labels), tuple(sorted(ranks.items()))), tuple(order))
     sps = [sp]
     for i, k in enumerate(order):
+        sp = tuple(L + lo + hi if pad_at[n] == i else L for n, (L, (lo, hi)) in enumerate(zip(sp, pads)))
         h = factor_shapes[k][2:]
         dil = [d * math.prod(factor_shapes[j][2 + n] for j in range(k + 1, S)) for n, d in enumerate(dilation)]
         st = [stride[n] if stride_at[n] == i else 1 for n in range(D)]
@@ -451,10 +480,10 @@ def price_points(geometry: tuple[Any, ...] | None, input_shape: tuple[int, ...],
     >>> conv = torch.nn.Conv2d(16, 16, 3, padding=1)
     >>> price_points(layer_geometry(conv), (1, 16, 8, 8), [(((1, 16, 1, 1), (16, 1, 3, 3)), ("a", "a"),
     ...                                                      (("a", 4),))])
-    [(43264, (0, 1))]
+    [(40960, (0, 1))]
 
-    (the 1x1 stage ``16 -> 4`` on the padded 10x10 input, 6,400 MACs, then the 3x3 stage
-    ``4 -> 16`` on 8x8, 36,864).
+    (the 1x1 stage ``16 -> 4`` on the 8x8 input, 4,096 MACs, then the 3x3 stage ``4 -> 16``,
+    which pads, on 8x8, 36,864).
     """
     out = []
     for factor_shapes, labels, rank in points:
@@ -478,8 +507,8 @@ def deployed_cost(layer: nn.Module, input_shape: Sequence[int] | None = None,
     >>> from sekron.torch import SeKronConv2d
     >>> layer = SeKronConv2d.from_conv(torch.nn.Conv2d(16, 16, 3, padding=1), [(1, 16, 1, 1), (16, 1, 3, 3)],
     ...                                rank=4, implementation="factorized")
-    >>> deployed_cost(layer, (1, 16, 8, 8))  # 16 -> 4 (1x1, padded: 10x10 out), 4 -> 16 (3x3, 8x8 out)
-    (43264, 640)
+    >>> deployed_cost(layer, (1, 16, 8, 8))  # 16 -> 4 (1x1, 8x8), then padded, 4 -> 16 (3x3, 8x8 out)
+    (40960, 640)
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {list(IMPLEMENTATIONS)}, got {implementation!r}")
@@ -552,11 +581,8 @@ def _conv_stages(layer: _SeKronConvNd, order: tuple[int, ...], dense_if_cheaper:
     mods: list[nn.Module] = []
     symmetric = all(lo == hi for lo, hi in pads)
     any_pad = any(lo or hi for lo, hi in pads)
-    first_padding: tuple[int, ...] = (0,) * D
-    first_mode = "zeros"
-    if any_pad and symmetric:
-        first_padding, first_mode = tuple(lo for lo, _ in pads), layer.padding_mode
-    elif any_pad:  # torch's pad modules take (last axis lo, hi, ..., first axis lo, hi)
+    pad_at = pad_stages(st.factor_shapes, plan.order, pads)
+    if any_pad and not symmetric:  # torch's pad modules take (last axis lo, hi, ..., first axis lo, hi)
         flat = tuple(v for lo_hi in reversed(pads) for v in lo_hi)
         mods.append(_PAD_MODULES[layer.padding_mode][D - 1](flat))
     stride_at = cp._stride_stages(cp.KernelSpec(st.factor_shapes, st.labels,
@@ -576,8 +602,9 @@ def _conv_stages(layer: _SeKronConvNd, order: tuple[int, ...], dense_if_cheaper:
         W = _stage_weight(factors[k], k, st.labels[k], stage, size)
         g = math.prod(size[lab] for lab in stage.groups)
         with_bias = i == last and layer.bias is not None
-        conv: Any = conv_cls(W.shape[1] * g, W.shape[0], h, stride, first_padding if i == 0 else 0, dil, g, with_bias,
-                        first_mode if i == 0 else "zeros", device=like.device, dtype=like.dtype)
+        padding = tuple(pads[n][0] if symmetric and pad_at[n] == i else 0 for n in range(D))
+        conv: Any = conv_cls(W.shape[1] * g, W.shape[0], h, stride, padding, dil, g, with_bias,
+                             layer.padding_mode if any(padding) else "zeros", device=like.device, dtype=like.dtype)
         with torch.no_grad():
             conv.weight.copy_(W)
             if with_bias:
@@ -704,8 +731,8 @@ def to_standard(model: nn.Module, *, implementation: str = "auto") -> nn.Module:
     >>> plain
     Sequential(
       (0): Sequential(
-        (0): Conv2d(16, 4, kernel_size=(1, 1), stride=(1, 1), padding=(1, 1), bias=False)
-        (1): Conv2d(4, 16, kernel_size=(3, 3), stride=(1, 1))
+        (0): Conv2d(16, 4, kernel_size=(1, 1), stride=(1, 1), bias=False)
+        (1): Conv2d(4, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
       )
       (1): ReLU()
     )

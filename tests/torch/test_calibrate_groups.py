@@ -28,7 +28,7 @@ from sekron.torch.calibrate import (  # noqa: E402
     stream_grams,
     stream_group_grams,
 )
-from sekron.torch.compress import fit_groups  # noqa: E402
+from sekron.torch.compression import fit_groups  # noqa: E402
 
 
 def _net() -> nn.Module:
@@ -229,7 +229,7 @@ def test_grouped_fit_does_not_undo_errors_its_members_remove(data: torch.Tensor)
     With FIT_GROUP_DENSE_MEMBERS the grouped fit is close to the sequential one and better than no fit."""
     import sys
 
-    module = sys.modules["sekron.torch.compress"]  # (sekron.torch.compress is the function)
+    module = sys.modules["sekron.torch.compression"]
     net = _chain(0)
     held_out = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(5))
 

@@ -21,7 +21,7 @@ from torch import nn  # noqa: E402
 from sekron.torch import compress  # noqa: E402
 from sekron.torch.calibrate import stream_group_grams  # noqa: E402
 
-compress_module = importlib.import_module("sekron.torch.compress")  # the module (the package exports the function)
+compress_module = importlib.import_module("sekron.torch.compression")
 F = torch.nn.functional
 
 

@@ -195,7 +195,7 @@ def test_pricing_in_worker_processes_gives_the_same_model(compressed: dict, monk
     """Above PRICE_PARALLEL_POINTS the candidates are priced in worker processes: same frontier, same model."""
     import importlib
 
-    compress_module = importlib.import_module("sekron.torch.compress")  # the module (the package exports the function)
+    compress_module = importlib.import_module("sekron.torch.compression")
     monkeypatch.setattr(compress_module, "PRICE_PARALLEL_POINTS", 0)
     small, report = compress(_net(), 2.0, budget="macs", input_shape=SHAPE, min_kernel_size=512, progress=False,
                              n_jobs=2)
@@ -218,3 +218,44 @@ def test_layer_geometry_refuses_what_it_cannot_price() -> None:
 
     with pytest.raises(TypeError, match="Conv1d/2d/3d or Linear, got ReLU"):
         layer_geometry(nn.ReLU())
+
+
+def test_budget_macs_deploys_channel_counts_in_multiples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With budget="macs" every bond size (a channel count between two deployed convs) is a multiple of
+    DEPLOY_RANK_MULTIPLE or below it, the ratio still met; DEPLOY_RANK_MULTIPLE = 1 prices every rank."""
+    import importlib
+
+    compress_module = importlib.import_module("sekron.torch.compression")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1)).eval()
+    shape = (1, 32, 12, 12)
+    x = torch.randn(*shape)
+    sizes = {}
+    for multiple in (8, 1):
+        monkeypatch.setattr(compress_module, "DEPLOY_RANK_MULTIPLE", multiple)
+        small, _ = compress(net, 3, budget="macs", input_shape=shape, progress=False, n_jobs=1, cache=False,
+                            skip_first=False)
+        layers = [m for m in small.modules() if isinstance(m, SeKronConv2d)]
+        assert layers and counted_macs(net, x) / counted_macs(to_standard(small), x) >= 3 * (1 - 1e-9)
+        sizes[multiple] = [r for m in layers for r in m.rank.values()]
+        torch.testing.assert_close(to_standard(small)(x), small(x), rtol=1e-4, atol=1e-4)
+    assert all(r % 8 == 0 or r < 8 for r in sizes[8]), sizes
+    assert any(r % 8 and r > 8 for r in sizes[1]), sizes  # without the rule this model deploys unaligned ranks
+
+
+def test_thin_keeps_the_aligned_pareto_points() -> None:
+    """_thin with a multiple: only aligned rank points, and among them the (params, error) Pareto points."""
+    import importlib
+
+    thin = importlib.import_module("sekron.torch.compression")._thin
+
+    class Fam:
+        params = np.array([10 * r for r in range(1, 41)])
+        err = np.array([1.0 / r for r in range(1, 41)])
+
+        def rank(self, i: int) -> dict[str, int]:
+            return {"a": i + 1}
+
+    kept = thin(Fam(), 100, 8)
+    assert sorted(Fam().rank(i)["a"] for i in kept) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 24, 32, 40]
+    assert len(thin(Fam(), 100, 1)) == 40 and len(thin(Fam(), 5, 8)) <= 5

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from sekron.torch import distill  # noqa: E402
-from sekron.torch.distill import _augmented  # noqa: E402
+from sekron.torch.distillation import _augmented  # noqa: E402
 
 
 def _pair() -> tuple[nn.Module, nn.Module]:

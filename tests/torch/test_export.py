@@ -121,10 +121,34 @@ def test_two_factor_low_rank_is_two_plain_convs() -> None:
     convs = [m for m in plain.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.groups) for c in convs] == [
         (32, 4, (1, 1), 1), (4, 32, (3, 3), 1)]
+    assert [c.padding for c in convs] == [(0, 0), (1, 1)]  # the 1x1 conv runs on the unpadded input
     assert not any(isinstance(m, nn.ChannelShuffle) for m in plain.modules())
     x = torch.randn(1, 32, 9, 9)
     with torch.no_grad():
         _close(plain(x), layer(x))
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_each_axis_is_padded_by_the_first_stage_that_spans_it(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3x1 stage then a 1x3 stage: the first pads the rows only, the second the columns, for every padding
+    mode; the function is the layer's and the priced MACs are the ones the convs run (the earlier stages on
+    the unpadded size)."""
+    from sekron.torch.calibrate import counted_macs
+
+    _ideal(monkeypatch)
+    torch.manual_seed(0)
+    dense = nn.Conv2d(8, 12, 3, padding=(1, 2), dilation=(1, 2), padding_mode=mode)
+    layer = SeKronConv2d.from_conv(dense, [(4, 2, 3, 1), (3, 4, 1, 3)], rank=3, implementation="factorized")
+    plain = to_standard(layer)
+    convs = [m for m in plain.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size, c.padding) for c in convs] in (
+        [((3, 1), (1, 0)), ((1, 3), (0, 2))], [((1, 3), (0, 2)), ((3, 1), (1, 0))])
+    assert all(c.padding_mode == mode for c in convs)
+    x = torch.randn(2, 8, 7, 9)
+    with torch.no_grad():
+        _close(plain(x), layer(x))
+        _close(plain(x), _reference(layer, x))
+    assert ex.deployed_cost(layer, tuple(x.shape))[0] == counted_macs(plain, x)
 
 
 @given(data=hst.data())

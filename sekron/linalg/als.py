@@ -11,6 +11,7 @@ After the last update of a sweep the error needs no extra pass over W:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,10 @@ import tensorly as tl
 RIDGE = 1e-12
 #: numpy normal equations with more than this many right-hand sides per unknown are solved through the inverse
 INVERSE_ROWS = 4
+
+#: real numpy factors with at least this many rows get their Gram matrix from one buffer (BLAS syrk: half the
+#: flops, exactly symmetric); below it the general product is as fast
+SYRK_ROWS = 32
 
 MTTKRP = Callable[[list[Any], int], Any]
 
@@ -65,8 +70,18 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
     True
     """
     U = list(factors)
-    N, R = len(U), int(U[0].shape[1])
-    modes = list(range(N)) if order is None else list(order)
+    modes = list(range(len(U))) if order is None else list(order)
+    if n_iter <= 0:
+        return U
+    if all(isinstance(u, np.ndarray) for u in U):
+        return _cp_als_numpy(mttkrp, U, norm_sq, n_iter, tol, modes, deadline, extrapolate)
+    return _cp_als_backend(mttkrp, U, norm_sq, n_iter, tol, modes, deadline, extrapolate)
+
+
+def _cp_als_backend(mttkrp: MTTKRP, U: list[Any], norm_sq: float, n_iter: int, tol: float, modes: list[int],
+                    deadline: float | None, extrapolate: bool) -> list[Any]:
+    """:func:`cp_als` through tensorly's backend functions (any backend)."""
+    R = int(U[0].shape[1])
     grams = [_gram(u) for u in U]
     eye = tl.eye(R, **{k: v for k, v in tl.context(U[0]).items() if k != "requires_grad"})
     last = math.inf
@@ -98,6 +113,65 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
     return U
 
 
+def _cp_als_numpy(mttkrp: MTTKRP, U: list[np.ndarray], norm_sq: float, n_iter: int, tol: float,
+                  modes: list[int], deadline: float | None, extrapolate: bool) -> list[np.ndarray]:
+    """:func:`cp_als` on numpy factors, calling numpy directly: the same operations in the same order as
+    the backend-generic loop (so the same values, bitwise), without tensorly's dispatch on every one; only
+    the Gram matrices of real factors with at least :data:`SYRK_ROWS` rows are formed by a symmetric
+    product (the same values to rounding)."""
+    R = int(U[0].shape[1])
+    dtype = U[0].dtype
+    real = not np.iscomplexobj(U[0])
+
+    def gram(u: np.ndarray) -> np.ndarray:
+        if real and u.shape[0] >= SYRK_ROWS:  # u^T u of one buffer: numpy computes half of it (syrk), symmetric
+            return np.matmul(np.transpose(u, (1, 0)), u)
+        return np.matmul(np.transpose(u, (1, 0)), np.conj(u))
+
+    def hadamard(gs: Sequence[np.ndarray]) -> np.ndarray:  # ones * g_0 * g_1 ..., the product by ones left out
+        if not gs:
+            return np.ones((R, R), dtype=dtype)
+        out = gs[0] * gs[1] if len(gs) > 1 else gs[0].copy()
+        for g in gs[2:]:
+            out *= g
+        return out
+
+    def inner(M: np.ndarray, u: np.ndarray) -> float:
+        v = np.sum(M * np.conj(u))
+        return float(v if real else np.real(v))
+
+    grams = [gram(u) for u in U]
+    diagonal = slice(None, None, R + 1)
+    last = math.inf
+    for it in range(n_iter):
+        start = list(U)
+        for n in modes:
+            V = hadamard([g for m, g in enumerate(grams) if m != n])
+            M = mttkrp(U, n)
+            V.reshape(-1)[diagonal] += RIDGE * max(float(np.real(np.trace(V))), 1e-300)  # V + ridge * I, in place
+            U[n] = _solve(V, M)
+            grams[n] = gram(U[n])
+        approx_sq = float(np.real(np.sum(V * grams[n])))
+        err = math.sqrt(max(norm_sq - 2 * inner(M, U[n]) + approx_sq, 0.0) / norm_sq) if norm_sq > 0 else 0.0
+        if extrapolate and it > 0:
+            step = (it + 1) ** (1.0 / 3.0)
+            Ue = [a + step * (b - a) for a, b in zip(start, U)]
+            hook = getattr(mttkrp, "extrapolated", None)
+            if hook is not None:  # an MTTKRP that can move its partial products along with the factors
+                hook(start, U, Ue, step)
+            ge = [gram(u) for u in Ue]
+            m = modes[-1]
+            Me = mttkrp(Ue, m)
+            approx_e = float(np.real(np.sum(hadamard(ge))))
+            err_e = math.sqrt(max(norm_sq - 2 * inner(Me, Ue[m]) + approx_e, 0.0) / norm_sq) if norm_sq > 0 else 0.0
+            if err_e < err:
+                U, grams, err = Ue, ge, err_e
+        if abs(last - err) < tol or (deadline is not None and time.perf_counter() >= deadline):
+            break
+        last = err
+    return U
+
+
 def _solve(V: Any, M: Any) -> Any:
     """``M V^{-1}`` for the (regularised, Hermitian positive definite) normal equations ``V``.
 
@@ -111,12 +185,28 @@ def _solve(V: Any, M: Any) -> Any:
         return tl.transpose(tl.solve(tl.transpose(V, (1, 0)), tl.transpose(M, (1, 0))), (1, 0))
     if M.shape[0] > INVERSE_ROWS * V.shape[0]:
         return M @ np.linalg.inv(V.T)
+    if V.size and M.size:  # scipy's cho_factor + cho_solve, without their checks and wrappers (same LAPACK calls)
+        potrf, potrs = _cholesky_routines(V.dtype, M.dtype)
+        c, info = potrf(V.T, lower=False, overwrite_a=False, clean=False)
+        if info == 0:
+            x, info = potrs(c, M.T, lower=False, overwrite_b=False)
+            if info == 0:
+                return x.T
+        return np.linalg.solve(V.T, M.T).T
     from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
     try:
         return cho_solve(cho_factor(V.T, check_finite=False), M.T, check_finite=False).T
     except LinAlgError:
         return np.linalg.solve(V.T, M.T).T
+
+
+@functools.lru_cache(maxsize=16)
+def _cholesky_routines(a: np.dtype, b: np.dtype) -> tuple[Any, Any]:
+    """LAPACK's potrf and potrs for these dtypes (scipy's choice of prefix), looked up once."""
+    from scipy.linalg.lapack import get_lapack_funcs
+
+    return tuple(get_lapack_funcs(("potrf", "potrs"), (np.empty(0, a), np.empty(0, b))))  # type: ignore[return-value]
 
 
 def dense_mttkrp(T: Any) -> MTTKRP:

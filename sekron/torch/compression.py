@@ -86,6 +86,11 @@ FIT_DRIFT_CORRECTION = 1.0
 BUDGETS = ("params", "macs")
 #: with budget="macs", at most this many rank points per scored structure are priced by their deployment
 DEPLOY_POINTS = 12
+#: with budget="macs", only rank points whose bond sizes are multiples of this (or below it) are priced: a
+#: bond size is the channel count between two deployed convs, and runtimes block channels by 8 or 16 (AVX2,
+#: AVX-512); in onnxruntime a 1x1 conv to 25 channels and a 3x3 conv from them took 0.247 ms against 0.177 ms
+#: for 32 channels (64 -> 32 channels at 32x32, one thread). 1 prices every rank (docs/deployment.md, Run 6)
+DEPLOY_RANK_MULTIPLE = 8
 #: with budget="macs", the candidates are priced in worker processes (n_jobs) from this many points on (a
 #: worker imports torch, about a second; Real-ESRGAN has about 50,000 points, a small CNN a few hundred)
 PRICE_PARALLEL_POINTS = 5000
@@ -194,7 +199,8 @@ def _mac_frontiers(chosen: list[_Layer], families: list[list[Any]], orders: dict
     deterministic, so the result is the same either way. ``orders`` receives the deployed
     stage order of every priced candidate.
     """
-    picks = [[(k, i) for k, f in enumerate(fams) for i in sorted(_thin(f, DEPLOY_POINTS))] for fams in families]
+    picks = [[(k, i) for k, f in enumerate(fams) for i in sorted(_thin(f, DEPLOY_POINTS, DEPLOY_RANK_MULTIPLE))]
+             for fams in families]
     points = [[(fams[k].structure.factor_shapes, fams[k].structure.labels, tuple(sorted(fams[k].rank(i).items())))
                for k, i in ps] for fams, ps in zip(families, picks)]
     tasks = [(layer_geometry(layer.module), tuple(layer.in_shape or ()), pts) for layer, pts in zip(chosen, points)]
@@ -218,14 +224,17 @@ def _mac_frontiers(chosen: list[_Layer], families: list[list[Any]], orders: dict
     return frontiers
 
 
-def _thin(fam: Any, n: int) -> set[int]:
+def _thin(fam: Any, n: int, multiple: int = 1) -> set[int]:
     """At most ``n`` points of a family to cost by deployed MACs: its (params, error) Pareto points, log-spaced.
 
     Within one structure the deployed MACs grow with the ranks as the parameters do, so
     the family's own Pareto points carry its MAC frontier; pricing each deployment takes
-    milliseconds, so a layer's hundreds of rank points are thinned first.
+    milliseconds, so a layer's hundreds of rank points are thinned first. Only points whose
+    bond sizes are all multiples of ``multiple`` or smaller than it are kept (the deployed
+    channel counts between convs; :data:`DEPLOY_RANK_MULTIPLE`).
     """
-    idx = sorted(range(len(fam.params)), key=lambda i: (fam.params[i], fam.err[i]))
+    idx = [i for i in range(len(fam.params)) if multiple <= 1 or _aligned(fam.rank(i), multiple)]
+    idx.sort(key=lambda i: (fam.params[i], fam.err[i]))
     front, best = [], np.inf
     for i in idx:
         if fam.err[i] < best - 1e-15:
@@ -236,6 +245,15 @@ def _thin(fam: Any, n: int) -> set[int]:
     logp = np.log(np.maximum(fam.params[front].astype(float), 1.0))
     marks = np.linspace(logp[0], logp[-1], n)
     return {front[int(np.argmin(np.abs(logp - m)))] for m in marks}
+
+
+def _aligned(rank: dict[str, int], multiple: int) -> bool:
+    """Every bond size is a multiple of ``multiple`` or smaller than it.
+
+    >>> _aligned({"a": 16, "b": 3}, 8), _aligned({"a": 25}, 8)
+    (True, False)
+    """
+    return all(r % multiple == 0 or r < multiple for r in rank.values())
 
 
 def _weight64(module: Any) -> np.ndarray:
