@@ -10,7 +10,7 @@ low-resolution crops of the ``--calib`` photos (downscaled 4x by area); evaluati
 of the x4 output against the uncompressed model's on centre crops of the other photos
 ``--eval`` (disjoint). Each calibrated run is repeated for every ``--group-bytes`` value
 (``compress(fit_group_bytes=...)``; 0 is the exact sequential fit) and every
-``--drift-correction`` value (``compress.FIT_DRIFT_CORRECTION``), and reports the wall
+``--drift-correction`` value (``compression.FIT_DRIFT_CORRECTION``), and reports the wall
 time of the calibrated compress, the part of it spent streaming Gram matrices (forward
 passes) and the peak resident memory (``VmHWM``, reset before each run). The per-layer
 search goes through ``compress(cache_dir=--cache-dir)``, so repeating a method costs only
@@ -69,7 +69,7 @@ class StreamTimer:
 
 
 class FitMemory:
-    """Wraps ``_fit_outputs`` in sekron.torch.compress: the peak resident memory of the output fit alone.
+    """Wraps ``_fit_outputs`` in sekron.torch.compression: the peak resident memory of the output fit alone.
 
     Before the fit, the in-memory search cache is dropped (its disk copy stays), freed memory is
     handed back to the OS (``malloc_trim``) and ``VmHWM`` is reset; ``start_mib`` is the resident
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-fit-members", action="store_true",
                    help="groups streamed with their members at the weight fit (FIT_GROUP_DENSE_MEMBERS=False)")
     p.add_argument("--drift-correction", type=float, nargs="+", default=[1.0],
-                   help="calibrated runs with compress.FIT_DRIFT_CORRECTION at each value (1: the plain output fit; "
+                   help="calibrated runs with compression.FIT_DRIFT_CORRECTION at each value (1: the plain output fit; "
                         "0: each layer fitted to its dense layer on the actual inputs)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--save-dir", type=Path, default=None, help="torch.save every compressed model there")

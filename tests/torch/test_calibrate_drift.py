@@ -27,7 +27,7 @@ from sekron.torch.calibrate import (  # noqa: E402
     stream_grams,
 )
 
-compress_module = importlib.import_module("sekron.torch.compress")
+compress_module = importlib.import_module("sekron.torch.compression")
 
 
 def _drifted(dtype: torch.dtype) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module, torch.Tensor]:
