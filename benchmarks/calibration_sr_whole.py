@@ -9,7 +9,8 @@ here, out of reach on 2 shared cores). Calibration: ``--crops`` random ``--lr-cr
 low-resolution crops of the ``--calib`` photos (downscaled 4x by area); evaluation: PSNR
 of the x4 output against the uncompressed model's on centre crops of the other photos
 ``--eval`` (disjoint). Each calibrated run is repeated for every ``--group-bytes`` value
-(``compress(fit_group_bytes=...)``; 0 is the exact sequential fit) and reports the wall
+(``compress(fit_group_bytes=...)``; 0 is the exact sequential fit) and every
+``--drift-correction`` value (``compression.FIT_DRIFT_CORRECTION``), and reports the wall
 time of the calibrated compress, the part of it spent streaming Gram matrices (forward
 passes) and the peak resident memory (``VmHWM``, reset before each run). The per-layer
 search goes through ``compress(cache_dir=--cache-dir)``, so repeating a method costs only
@@ -22,6 +23,9 @@ the fits. Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import importlib
 import json
 import sys
@@ -64,6 +68,43 @@ class StreamTimer:
             self.groups += 1
 
 
+class FitMemory:
+    """Wraps ``_fit_outputs`` in sekron.torch.compression: the peak resident memory of the output fit alone.
+
+    Before the fit, the in-memory search cache is dropped (its disk copy stays), freed memory is
+    handed back to the OS (``malloc_trim``) and ``VmHWM`` is reset; ``start_mib`` is the resident
+    size the fit starts from (the model, its working copy, the dense reference, torch itself) and
+    ``peak_mib`` the peak during the fit, which cannot be below ``start_mib``.
+    """
+
+    def __init__(self) -> None:
+        self.start_mib, self.peak_mib = float("nan"), float("nan")
+        self.inner = compress_module._fit_outputs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        caches = importlib.import_module("sekron.structure_search._cache")
+        for cache in [caches.default_cache(), *caches._BY_DIR.values()]:
+            cache.clear()
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.start_mib = rss_mib()
+        reset_peak()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.peak_mib = peak_mib()
+
+
+def rss_mib() -> float:
+    """The process's current resident size (``VmRSS``, Linux; NaN elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 STAGES = [f"body.{b}" for b in range(23)] + ["conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"]
 
 
@@ -102,18 +143,23 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     dense_stages = {"eval": stage_outputs(model, eval_x), "calibration": stage_outputs(model, cal)}
     timer = StreamTimer()
     compress_module.stream_group_grams = timer  # type: ignore[assignment]
+    fit_memory = FitMemory()
+    compress_module._fit_outputs = fit_memory  # type: ignore[assignment]
     rows = []
     for ratio in args.ratios:
         whole = ratio if sub is None else total / (total - sub + sub / ratio)
         for method in args.methods:
             runs: list[tuple[str, dict[str, Any]]] = [] if args.no_weight else [("weight", {})]
-            runs += [(f"cal. g={g}", {"calibration": cal, "allocation": "error", "batch_size": args.batch_size,
-                                      "fit_group_bytes": g, "fit_steps": args.fit_steps,
-                                      "max_samples": args.max_samples, "refit_dense": not args.no_refit_dense})
-                     for g in args.group_bytes]
+            runs += [(f"cal. g={g}" + ("" if c == 1 else f" c={c:g}"),
+                      {"calibration": cal, "allocation": "error", "batch_size": args.batch_size,
+                       "fit_group_bytes": g, "fit_steps": args.fit_steps, "max_samples": args.max_samples,
+                       "refit_dense": not args.no_refit_dense, "correction": c})
+                     for c in args.drift_correction for g in args.group_bytes]
             for label, kw in runs:
+                compress_module.FIT_DRIFT_CORRECTION = kw.pop("correction", 1.0)
                 reset_peak()
                 timer.seconds, timer.groups = 0.0, 0
+                fit_memory.start_mib = fit_memory.peak_mib = float("nan")
                 t0 = time.perf_counter()
                 small, rep = compress(model, whole, method=method, include=include, progress=args.progress,
                                       n_jobs=args.n_jobs, cache_dir=args.cache_dir, **extra, **kw)
@@ -126,7 +172,8 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
                        "layer_ratio": sum(r["params_before"] for r in comp) / sum(r["params_after"] for r in comp),
                        "psnr": float(np.mean([psnr(outs[n], ref[n]) for n in outs])), "seconds": seconds,
                        "calibration_seconds": rep.totals["calibration_seconds"], "stream_seconds": timer.seconds,
-                       "groups": timer.groups, "peak_mib": peak}
+                       "groups": timer.groups, "peak_mib": peak, "fit_start_mib": fit_memory.start_mib,
+                       "fit_peak_mib": fit_memory.peak_mib}
                 if "calibration" in kw:
                     errs = [r["output_error"] for r in rep if "output_error" in r]
                     row["median_layer_output_error"] = float(np.median(errs)) if errs else None
@@ -151,12 +198,14 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | model ratio | convs | run | PSNR vs uncompressed (dB) | compress (s) | "
-             "of which calibration / streaming (s) | groups | peak RSS (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "of which calibration / streaming (s) | groups | peak RSS (MiB) | output fit: RSS at start / peak (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cal = "" if r["calibration_seconds"] is None else f"{r['calibration_seconds']:.0f} / {r['stream_seconds']:.0f}"
+        start, top = r.get("fit_start_mib", float("nan")), r.get("fit_peak_mib", float("nan"))
+        fit = "" if start != start else f"{start:,.0f} / {top:,.0f}"
         lines.append(f"| {r['method']} | {r['model_ratio']:.2f}x | {r['layers']} | {r['run']} | {r['psnr']:.2f} | "
-                     f"{r['seconds']:.0f} | {cal} | {r['groups'] or ''} | {r['peak_mib']:.0f} |")
+                     f"{r['seconds']:.0f} | {cal} | {r['groups'] or ''} | {r['peak_mib']:.0f} | {fit} |")
     return "\n".join(lines)
 
 
@@ -180,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-weight", action="store_true", help="only the calibrated runs")
     p.add_argument("--weight-fit-members", action="store_true",
                    help="groups streamed with their members at the weight fit (FIT_GROUP_DENSE_MEMBERS=False)")
+    p.add_argument("--drift-correction", type=float, nargs="+", default=[1.0],
+                   help="calibrated runs with compression.FIT_DRIFT_CORRECTION at each value (1: the plain output fit; "
+                        "0: each layer fitted to its dense layer on the actual inputs)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--save-dir", type=Path, default=None, help="torch.save every compressed model there")
     p.add_argument("--seed", type=int, default=0)

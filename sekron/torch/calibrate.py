@@ -246,6 +246,71 @@ class Grams:
         return cache[bias]  # type: ignore[no-any-return]
 
 
+def blend_target(grams: Grams, correction: float) -> Grams:
+    """The Grams of a target that corrects only the fraction ``correction`` of the input drift.
+
+    ``grams`` fit ``W^~ P_h`` to the dense network's output ``Y = W~ P_d``: the layer is
+    asked to undo the whole drift ``P_h - P_d`` of its input. The blended target
+    ``c Y + (1 - c) W~ P_h`` asks it to undo the fraction ``c``; ``c = 0`` makes it match
+    the *dense layer* on the actual inputs (a weight fit in the metric of the actual input
+    covariance), which leaves the dense network's own response to the drift in place.
+    Exact, from the streamed statistics: ``G_c = c G + (1 - c) W~ A`` and
+    ``yy_c = c^2 yy + 2 c (1 - c) tr(G W~^T) + (1 - c)^2 tr(W~ A W~^T)``. ``A`` (and its
+    cached root) is shared, not copied; ``correction=1`` returns ``grams`` itself.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> Ph, W = torch.randn(5, 40, generator=g, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    >>> Y = W @ (Ph + 0.3 * torch.randn(5, 40, generator=g, dtype=torch.float64))  # dense output, drifted input
+    >>> grams = Grams(Ph @ Ph.T, Y @ Ph.T, float((Y ** 2).sum()), 40, W)
+    >>> half = blend_target(grams, 0.5)
+    >>> T = 0.5 * Y + 0.5 * W @ Ph  # the blended target, directly
+    >>> bool(torch.allclose(half.G, T @ Ph.T)), abs(half.yy - float((T ** 2).sum())) < 1e-9
+    (True, True)
+    >>> blend_target(grams, 1.0) is grams
+    True
+    """
+    if isinstance(correction, bool) or not isinstance(correction, (int, float)) or not 0 <= correction <= 1:
+        raise ValueError(f"correction must be a number in [0, 1] (the fraction of the input drift a layer "
+                         f"undoes; 1 is the plain output fit), got {correction!r}")
+    if correction == 1:
+        return grams
+    if grams.W is None:
+        raise ValueError("blend_target needs the dense layer's [W, b] in grams.W (stream_group_grams sets it)")
+    c, W = float(correction), grams.W
+    WA = W @ grams.A
+    yy = c * c * grams.yy + 2 * c * (1 - c) * float((grams.G * W).sum()) + (1 - c) ** 2 * float((WA * W).sum())
+    out = Grams(grams.A, c * grams.G + (1 - c) * WA, max(yy, 0.0), grams.count, W)
+    out.__dict__["_roots"] = grams.__dict__.setdefault("_roots", {})  # the root depends on A only
+    return out
+
+
+def output_error(layer: Any, grams: Grams) -> float:
+    """Relative squared output error ``||Y - W^~ P_h||^2 / ||Y||^2`` of ``layer`` as it is, for ``grams``.
+
+    ``layer`` is a SeKron layer (its factors and bias) or a dense conv/linear. Never below 0
+    (float64 rounding of an exact match is clamped).
+
+    Examples
+    --------
+    >>> import torch
+    >>> conv = torch.nn.Conv2d(2, 3, 3)
+    >>> x = [torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))]
+    >>> grams = stream_grams(conv, conv, conv, conv, x, 10_000, torch.Generator().manual_seed(0))
+    >>> output_error(conv, grams) < 1e-12  # the dense layer on its own inputs
+    True
+    """
+    if hasattr(layer, "factors"):
+        M = _weight_matrix(layer, [f.detach().to(torch.float64) for f in layer.factors],
+                           None if layer.bias is None else layer.bias.detach().to(torch.float64))
+    else:
+        M = dense_matrix(layer)
+    yy = max(grams.yy, 1e-300)
+    return max(float(((M @ grams.A) * M).sum() - 2 * (grams.G * M).sum() + grams.yy) / yy, 0.0)
+
+
 def _augment(p: torch.Tensor) -> torch.Tensor:
     return torch.cat([p.to(torch.float64), torch.ones(p.shape[0], 1, dtype=torch.float64, device=p.device)], 1)
 

@@ -47,7 +47,16 @@ from ..structure_search._layer import (  # noqa: F401
 from ._allocate import Frontier, allocate, uniform
 from ._report import CompressionReport
 from ._sensitivity import sensitivity_frontiers
-from .calibrate import SOLVERS, calibration_batches, execution_order, fit_layer, gram_bytes, stream_group_grams
+from .calibrate import (
+    SOLVERS,
+    blend_target,
+    calibration_batches,
+    execution_order,
+    fit_layer,
+    gram_bytes,
+    output_error,
+    stream_group_grams,
+)
 from .calibrate import refit_dense as refit_dense_layer
 from .export import deployed_cost, layer_geometry, price_points
 from .layers import LAYERS, _as_pointwise
@@ -68,6 +77,11 @@ FIT_GROUP_BYTES = 64 * 2 ** 20
 #: of members whose own fit removes most of it (on the whole Real-ESRGAN at 4x, groups of 64 MiB fitted
 #: that way left each conv's output on the calibration crops worse than the weight fit's; docs/results.md §4)
 FIT_GROUP_DENSE_MEMBERS = True
+#: the fraction of its input's drift each layer's output fit undoes (``calibrate.blend_target``): 1 fits the
+#: dense network's output (the default); 0 fits the dense *layer* on the actual inputs, leaving the dense
+#: network's own response to the drift in place (on the whole Real-ESRGAN at 4x, undoing all of it made the
+#: trunk's error grow block after block; docs/results.md §4)
+FIT_DRIFT_CORRECTION = 1.0
 #: what ``ratio`` divides: the model's parameters, or the MACs of its deployed form (``to_standard``)
 BUDGETS = ("params", "macs")
 #: with budget="macs", at most this many rank points per scored structure are priced by their deployment
@@ -562,6 +576,7 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         frontiers = [Frontier.from_families(fams, task[0].size) for fams, task in zip(families, tasks)]
     else:
         frontiers = _mac_frontiers(chosen, families, orders, n_jobs, client, progress)
+    del tasks, results, ran  # the search's state (cache entries of every layer): not needed by what follows
 
     def build(layer: _Layer, cand: Candidate) -> nn.Module:
         kind = LAYERS[type(layer.module)]
@@ -699,9 +714,12 @@ def _fit_outputs(model: nn.Module, reference: nn.Module, layers: list[_Layer], r
         _, new, row = built[j]
         grams = pending.pop(j)
         compressed = row["status"] == "compressed"
-        fit = fit_layer(new, grams, solver=solver, steps=fit_steps) if compressed else refit_dense_layer(new, grams)
-        row["output_error_weight_fit"] = math.sqrt(fit.before)
-        row["output_error"] = math.sqrt(fit.after)
+        target = blend_target(grams, FIT_DRIFT_CORRECTION)
+        before = None if target is grams else output_error(new, grams)
+        fit = fit_layer(new, target, solver=solver, steps=fit_steps) if compressed else refit_dense_layer(new, target)
+        # the errors reported are always against the dense network's output
+        row["output_error_weight_fit"] = math.sqrt(fit.before if before is None else before)
+        row["output_error"] = math.sqrt(fit.after if before is None else output_error(new, grams))
         row["fit_samples"] = grams.count
         del grams
 
