@@ -15,7 +15,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorly as tl
@@ -73,62 +73,50 @@ def cp_als(mttkrp: MTTKRP, factors: Sequence[Any], norm_sq: float, n_iter: int, 
     modes = list(range(len(U))) if order is None else list(order)
     if n_iter <= 0:
         return U
-    if all(isinstance(u, np.ndarray) for u in U):
-        return _cp_als_numpy(mttkrp, U, norm_sq, n_iter, tol, modes, deadline, extrapolate)
-    return _cp_als_backend(mttkrp, U, norm_sq, n_iter, tol, modes, deadline, extrapolate)
+    ops = _numpy_ops(U[0]) if all(isinstance(u, np.ndarray) for u in U) else _backend_ops(U[0])
+    return _cp_als_loop(ops, mttkrp, U, norm_sq, n_iter, tol, modes, deadline, extrapolate)
 
 
-def _cp_als_backend(mttkrp: MTTKRP, U: list[Any], norm_sq: float, n_iter: int, tol: float, modes: list[int],
-                    deadline: float | None, extrapolate: bool) -> list[Any]:
-    """:func:`cp_als` through tensorly's backend functions (any backend)."""
-    R = int(U[0].shape[1])
-    grams = [_gram(u) for u in U]
-    eye = tl.eye(R, **{k: v for k, v in tl.context(U[0]).items() if k != "requires_grad"})
-    last = math.inf
-    for it in range(n_iter):
-        start = list(U)
-        for n in modes:
-            V = _hadamard([g for m, g in enumerate(grams) if m != n], R, U[0])
-            M = mttkrp(U, n)
-            V = V + RIDGE * max(float(np.real(tl.to_numpy(tl.trace(V)))), 1e-300) * eye
-            U[n] = _solve(V, M)
-            grams[n] = _gram(U[n])
-        inner = float(np.real(tl.to_numpy(tl.sum(M * tl.conj(U[n])))))
-        approx_sq = float(np.real(tl.to_numpy(tl.sum(V * grams[n]))))
-        err = math.sqrt(max(norm_sq - 2 * inner + approx_sq, 0.0) / norm_sq) if norm_sq > 0 else 0.0
-        if extrapolate and it > 0:
-            step = (it + 1) ** (1.0 / 3.0)
-            Ue = [a + step * (b - a) for a, b in zip(start, U)]
-            ge = [_gram(u) for u in Ue]
-            m = modes[-1]
-            Me = mttkrp(Ue, m)
-            inner_e = float(np.real(tl.to_numpy(tl.sum(Me * tl.conj(Ue[m])))))
-            approx_e = float(np.real(tl.to_numpy(tl.sum(_hadamard(ge, R, U[0])))))
-            err_e = math.sqrt(max(norm_sq - 2 * inner_e + approx_e, 0.0) / norm_sq) if norm_sq > 0 else 0.0
-            if err_e < err:
-                U, grams, err = Ue, ge, err_e
-        if abs(last - err) < tol or (deadline is not None and time.perf_counter() >= deadline):
-            break
-        last = err
-    return U
+class _Ops(NamedTuple):
+    """What the ALS loop needs of an array library: Gram matrices, the Hadamard product of Grams (the
+    ``R x R`` ones for none), ``V + ridge * I``, ``Re <M, conj(U)>`` and the real part of a sum."""
+
+    gram: Callable[[Any], Any]
+    hadamard: Callable[[list[Any]], Any]
+    add_ridge: Callable[[Any], Any]
+    inner: Callable[[Any, Any], float]
+    total: Callable[[Any], float]
 
 
-def _cp_als_numpy(mttkrp: MTTKRP, U: list[np.ndarray], norm_sq: float, n_iter: int, tol: float,
-                  modes: list[int], deadline: float | None, extrapolate: bool) -> list[np.ndarray]:
-    """:func:`cp_als` on numpy factors, calling numpy directly: the same operations in the same order as
-    the backend-generic loop (so the same values, bitwise), without tensorly's dispatch on every one; only
-    the Gram matrices of real factors with at least :data:`SYRK_ROWS` rows are formed by a symmetric
-    product (the same values to rounding)."""
-    R = int(U[0].shape[1])
-    dtype = U[0].dtype
-    real = not np.iscomplexobj(U[0])
+def _backend_ops(like: Any) -> _Ops:
+    """Through tensorly's backend functions (any backend, immutable arrays included)."""
+    R = int(like.shape[1])
+    eye = tl.eye(R, **{k: v for k, v in tl.context(like).items() if k != "requires_grad"})
+
+    def total(x: Any) -> float:
+        return float(np.real(tl.to_numpy(tl.sum(x))))
+
+    def add_ridge(V: Any) -> Any:
+        return V + RIDGE * max(float(np.real(tl.to_numpy(tl.trace(V)))), 1e-300) * eye
+
+    return _Ops(_gram, lambda gs: _hadamard(gs, R, like), add_ridge, lambda M, u: total(M * tl.conj(u)), total)
+
+
+def _numpy_ops(like: np.ndarray) -> _Ops:
+    """numpy called directly, the same operations as :func:`_backend_ops` (so the same values, bitwise),
+    without tensorly's dispatch on every one; only the Gram matrices of real factors with at least
+    :data:`SYRK_ROWS` rows are formed by a symmetric product (the same values to rounding)."""
+    R = int(like.shape[1])
+    dtype = like.dtype
+    real = not np.iscomplexobj(like)
+    diagonal = slice(None, None, R + 1)
 
     def gram(u: np.ndarray) -> np.ndarray:
         if real and u.shape[0] >= SYRK_ROWS:  # u^T u of one buffer: numpy computes half of it (syrk), symmetric
             return np.matmul(np.transpose(u, (1, 0)), u)
         return np.matmul(np.transpose(u, (1, 0)), np.conj(u))
 
-    def hadamard(gs: Sequence[np.ndarray]) -> np.ndarray:  # ones * g_0 * g_1 ..., the product by ones left out
+    def hadamard(gs: list[np.ndarray]) -> np.ndarray:  # ones * g_0 * g_1 ..., the product by ones left out
         if not gs:
             return np.ones((R, R), dtype=dtype)
         out = gs[0] * gs[1] if len(gs) > 1 else gs[0].copy()
@@ -136,40 +124,58 @@ def _cp_als_numpy(mttkrp: MTTKRP, U: list[np.ndarray], norm_sq: float, n_iter: i
             out *= g
         return out
 
+    def add_ridge(V: np.ndarray) -> np.ndarray:  # V is the loop's own (fresh) Hadamard product: in place
+        V.reshape(-1)[diagonal] += RIDGE * max(float(np.real(np.trace(V))), 1e-300)
+        return V
+
     def inner(M: np.ndarray, u: np.ndarray) -> float:
         v = np.sum(M * np.conj(u))
         return float(v if real else np.real(v))
 
-    grams = [gram(u) for u in U]
-    diagonal = slice(None, None, R + 1)
+    return _Ops(gram, hadamard, add_ridge, inner, lambda x: float(np.real(np.sum(x))))
+
+
+def _relative_error(norm_sq: float, inner: float, approx_sq: float) -> float:
+    """``||W - W_hat|| / ||W||`` from ``||W||^2``, ``Re <M_n, conj(U_n)>`` and ``sum(V_n * G_n)``."""
+    return math.sqrt(max(norm_sq - 2 * inner + approx_sq, 0.0) / norm_sq) if norm_sq > 0 else 0.0
+
+
+def _cp_als_loop(ops: _Ops, mttkrp: MTTKRP, U: list[Any], norm_sq: float, n_iter: int, tol: float,
+                 modes: list[int], deadline: float | None, extrapolate: bool) -> list[Any]:
+    """The ALS sweeps of :func:`cp_als` with the array operations of ``ops``."""
+    grams = [ops.gram(u) for u in U]
     last = math.inf
     for it in range(n_iter):
         start = list(U)
         for n in modes:
-            V = hadamard([g for m, g in enumerate(grams) if m != n])
+            V = ops.hadamard([g for m, g in enumerate(grams) if m != n])
             M = mttkrp(U, n)
-            V.reshape(-1)[diagonal] += RIDGE * max(float(np.real(np.trace(V))), 1e-300)  # V + ridge * I, in place
+            V = ops.add_ridge(V)
             U[n] = _solve(V, M)
-            grams[n] = gram(U[n])
-        approx_sq = float(np.real(np.sum(V * grams[n])))
-        err = math.sqrt(max(norm_sq - 2 * inner(M, U[n]) + approx_sq, 0.0) / norm_sq) if norm_sq > 0 else 0.0
+            grams[n] = ops.gram(U[n])
+        err = _relative_error(norm_sq, ops.inner(M, U[n]), ops.total(V * grams[n]))
         if extrapolate and it > 0:
             step = (it + 1) ** (1.0 / 3.0)
             Ue = [a + step * (b - a) for a, b in zip(start, U)]
             hook = getattr(mttkrp, "extrapolated", None)
             if hook is not None:  # an MTTKRP that can move its partial products along with the factors
                 hook(start, U, Ue, step)
-            ge = [gram(u) for u in Ue]
+            ge = [ops.gram(u) for u in Ue]
             m = modes[-1]
             Me = mttkrp(Ue, m)
-            approx_e = float(np.real(np.sum(hadamard(ge))))
-            err_e = math.sqrt(max(norm_sq - 2 * inner(Me, Ue[m]) + approx_e, 0.0) / norm_sq) if norm_sq > 0 else 0.0
+            err_e = _relative_error(norm_sq, ops.inner(Me, Ue[m]), ops.total(ops.hadamard(ge)))
             if err_e < err:
                 U, grams, err = Ue, ge, err_e
         if abs(last - err) < tol or (deadline is not None and time.perf_counter() >= deadline):
             break
         last = err
     return U
+
+
+def _cp_als_backend(mttkrp: MTTKRP, U: list[Any], norm_sq: float, n_iter: int, tol: float, modes: list[int],
+                    deadline: float | None, extrapolate: bool) -> list[Any]:
+    """:func:`cp_als` through tensorly's backend functions (any backend)."""
+    return _cp_als_loop(_backend_ops(U[0]), mttkrp, U, norm_sq, n_iter, tol, modes, deadline, extrapolate)
 
 
 def _solve(V: Any, M: Any) -> Any:
