@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distill-lr", type=float, default=1e-4)
     ap.add_argument("--distill-output", default="raw", choices=("raw", "det"),
                     help="distil the raw output, or det_scores' detection scores and score-weighted boxes")
+    ap.add_argument("--distill-params", default="all", choices=("all", "compressed"),
+                    help="train every parameter, or only the SeKron layers' (factors and biases): the dense "
+                         "convs stay as the original's (its first conv reads 0..255 pixels, its weights are "
+                         "~2e-3, so an Adam step of lr 1e-4 changes them by ~5%%)")
+    ap.add_argument("--distill-seed", type=int, default=1000,
+                    help="seed of the distillation images (seed 1000: the calibration images come first)")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", default=None)
@@ -92,8 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     ref_det = [bd.det_postprocess(o, r) for o, (_, r) in zip(ref_out, test)]
     calib_all = np.stack([bd.det_preprocess(im)[0]
                           for im in bd.captcha_images(max(args.calib, args.distill_n), seed=1000)])
-    for x, _ in test:  # the calibration images are not test images
+    if args.distill_seed == 0:
+        raise ValueError("--distill-seed 0 draws the test images; use another seed")
+    distill_all = calib_all if args.distill_seed == 1000 else np.stack(
+        [bd.det_preprocess(im)[0] for im in bd.captcha_images(args.distill_n, seed=args.distill_seed)])
+    for x, _ in test:  # the calibration and distillation images are not test images
         assert not any(np.array_equal(x, c) for c in calib_all)
+        assert not any(np.array_equal(x, c) for c in distill_all)
     log = open(f"{out}/{args.tag}.jsonl", "a")
     if args.former_groups:  # the former grouped fit, for comparison
         sys.modules["sekron.torch.compression"].FIT_GROUP_DENSE_MEMBERS = False  # type: ignore[attr-defined]
@@ -105,8 +116,10 @@ def main(argv: list[str] | None = None) -> None:
         ms = [bd.match(a, bd.det_postprocess(o, r)) for a, o, (_, r) in zip(ref_det, outs, test)]
         rel = float(np.sqrt(sum(((o - r) ** 2).sum() for o, r in zip(outs, ref_out))
                             / sum((r ** 2).sum() for r in ref_out)))
-        row = {"name": name, "ref": sum(d["ref"] for d in ms), "got": sum(d["got"] for d in ms),
-               "matched": sum(d["matched"] for d in ms),
+        ref_n, got_n, matched = (sum(d[k] for d in ms) for k in ("ref", "got", "matched"))
+        row = {"name": name, "ref": ref_n, "got": got_n, "matched": matched,
+               "missed": ref_n - matched, "extras": got_n - matched,
+               "detections_match": bool(matched == ref_n and got_n == ref_n),
                "mean_iou": float(np.mean([d["mean_iou"] for d in ms if d["matched"]] or [0])),
                "max_dscore": max(d["max_dscore"] for d in ms), "rel_out_err": rel,
                "per_image": [(d["ref"], d["got"], d["matched"]) for d in ms], **(extra or {})}
@@ -169,10 +182,16 @@ def main(argv: list[str] | None = None) -> None:
         student, teacher = small, model
         if args.distill_output == "det":  # the same modules, trained on what the detections read
             student, teacher = det_scores(small), det_scores(model)
-        distill(student, teacher, torch.from_numpy(calib_all[:args.distill_n]), epochs=args.distill_epochs,
-                lr=args.distill_lr, batch_size=4, holdout=0.25, progress=False, schedule="cosine")
-        evaluate(small, f"{args.ratio:g}x + distill n={args.distill_n} epochs={args.distill_epochs} "
-                 f"lr={args.distill_lr} output={args.distill_output}", {"distill_s": time.perf_counter() - t0})
+        frozen = frozen_dense(small) if args.distill_params == "compressed" else []
+        try:
+            distill(student, teacher, torch.from_numpy(distill_all[:args.distill_n]), epochs=args.distill_epochs,
+                    lr=args.distill_lr, batch_size=4, holdout=0.25, progress=False, schedule="cosine")
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        evaluate(small, f"{args.ratio:g}x + distill n={args.distill_n} seed={args.distill_seed} "
+                 f"epochs={args.distill_epochs} lr={args.distill_lr} output={args.distill_output} "
+                 f"params={args.distill_params}", {"distill_s": time.perf_counter() - t0})
         torch.save(small, f"{out}/{args.tag}_distill.pt")
     if "export" in stages:
         x1 = torch.from_numpy(test[0][0][None])
@@ -181,6 +200,21 @@ def main(argv: list[str] | None = None) -> None:
             if os.path.exists(p):
                 m = torch.load(p, weights_only=False).eval()
                 print("exported", bd.export(to_standard(m).eval(), x1, f"{out}/{args.tag}_{kind}.onnx"), flush=True)
+
+
+def frozen_dense(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Switch off the gradients of every parameter outside the SeKron layers; returns those parameters.
+
+    ``distill``'s Adam then updates only the compressed layers (a parameter without a gradient is skipped).
+    """
+    from sekron.torch import LAYERS
+
+    kinds = tuple(LAYERS.values())
+    keep = {id(p) for m in model.modules() if isinstance(m, kinds) for p in m.parameters()}
+    frozen = [p for p in model.parameters() if id(p) not in keep and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
 
 
 def det_scores(det: Any) -> Any:

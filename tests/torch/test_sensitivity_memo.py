@@ -110,3 +110,28 @@ def test_det_scores_returns_scores_and_weighted_boxes_and_raw_output_restores() 
                                                torch.sigmoid(small.conv(x).flatten(2).transpose(1, 2)[..., 4:])], -1))
         assert torch.equal(gm(x), raw)  # the original is untouched
     assert bench.det_scores(small).conv is small.conv  # training the det view (distillation) trains ``small``
+
+
+def test_frozen_dense_leaves_only_the_sekron_layers_to_distillation() -> None:
+    bench = _bench()
+    from sekron.torch import LAYERS, distill
+
+    torch.manual_seed(0)
+    dense = _net()
+    small, _ = compress(dense, 2.0, progress=False, n_jobs=1, exclude=["0"])  # the first conv stays dense
+    kinds = tuple(LAYERS.values())
+    sekron = [n for n, m in small.named_modules() if isinstance(m, kinds)]
+    assert sekron and "0" not in sekron
+    before = {k: v.detach().clone() for k, v in small.named_parameters()}
+    frozen = bench.frozen_dense(small)
+    assert {id(p) for p in frozen} == {id(p) for n, p in small.named_parameters() if n.split(".")[0] not in sekron}
+    assert frozen and all(not p.requires_grad for p in frozen)
+    x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    distill(small, dense, x, epochs=2, lr=1e-2, batch_size=4, progress=False)
+    after = dict(small.named_parameters())
+    for k, v in before.items():
+        if k.split(".")[0] in sekron:
+            continue
+        assert torch.equal(after[k], v), k  # dense layers untouched
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.split(".")[0] in sekron)
+    assert bench.frozen_dense(small) == []  # already frozen: nothing new to switch off
