@@ -675,6 +675,8 @@ def eval_files(paths: Sequence[str], n_images: int) -> dict[str, Any]:
                "mean_iou": float(np.mean([d["mean_iou"] for d in m if d["matched"]] or [0.0])),
                "max_dscore": max(d["max_dscore"] for d in m),
                "per_image": [(d["ref"], d["got"], d["matched"]) for d in m]}
+        row["extras"] = row["boxes"] - row["matched"]  # found boxes that match no box of the original
+        row["detections_match"] = row["matched"] == row["ref_boxes"] and row["extras"] == 0
         out[path] = row
         print(os.path.basename(path), row, flush=True)
     return out

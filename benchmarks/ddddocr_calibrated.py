@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="train every parameter, or only the SeKron layers' (factors and biases): the dense "
                          "convs stay as the original's (its first conv reads 0..255 pixels, its weights are "
                          "~2e-3, so an Adam step of lr 1e-4 changes them by ~5%%)")
+    ap.add_argument("--distill-freeze", default="",
+                    help="comma list of module names whose parameters distillation leaves as they are "
+                         "(e.g. Conv_41, the first conv, which reads the 0..255 pixels)")
     ap.add_argument("--distill-seed", type=int, default=1000,
                     help="seed of the distillation images (seed 1000: the calibration images come first)")
     ap.add_argument("--tag", default="run")
@@ -183,6 +186,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.distill_output == "det":  # the same modules, trained on what the detections read
             student, teacher = det_scores(small), det_scores(model)
         frozen = frozen_dense(small) if args.distill_params == "compressed" else []
+        for name in (n for n in args.distill_freeze.split(",") if n):
+            for p in small.get_submodule(name).parameters():
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen.append(p)
         try:
             distill(student, teacher, torch.from_numpy(distill_all[:args.distill_n]), epochs=args.distill_epochs,
                     lr=args.distill_lr, batch_size=4, holdout=0.25, progress=False, schedule="cosine")
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                 p.requires_grad_(True)
         evaluate(small, f"{args.ratio:g}x + distill n={args.distill_n} seed={args.distill_seed} "
                  f"epochs={args.distill_epochs} lr={args.distill_lr} output={args.distill_output} "
-                 f"params={args.distill_params}", {"distill_s": time.perf_counter() - t0})
+                 f"params={args.distill_params} freeze={args.distill_freeze}", {"distill_s": time.perf_counter() - t0})
         torch.save(small, f"{out}/{args.tag}_distill.pt")
     if "export" in stages:
         x1 = torch.from_numpy(test[0][0][None])
