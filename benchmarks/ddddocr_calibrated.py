@@ -230,16 +230,31 @@ def det_scores(det: Any) -> Any:
     obj*cls, and the four box values weighted by that score (a background anchor's box values, which no detection
     reads, then weigh nothing). The same modules under the same names; a new output.
 
+    The file's head reshapes each level's ``(B, 6, H, W)`` to the constant shape ``(1, 6, -1)``, which at batch
+    B > 1 interleaves the images' channels (image 2's objectness then multiplies image 3's box values); this view
+    flattens to ``(B, 6, H*W)`` instead, the same at batch 1, so that batched calibration and distillation
+    compare each image's own scores (its output is ``(B, anchors, 5)``).
+
     ``compress(det_scores(model), ..., allocation="sensitivity")`` measures each layer's damage on these instead
     of on the raw output, whose norm the box values of the ~3,500 background anchors dominate; it stays a
     GraphModule, so the sensitivity replays only the graph downstream of each layer. ``raw_output(small, model)``
     gives the compressed detector back with the original output.
     """
+    import functools
     import operator
 
     from torch import fx
 
     graph = copy.deepcopy(det.graph)
+    for node in list(graph.nodes):  # the head's Reshape to (1, 6, -1): (B, 6, H*W) instead, as at batch 1
+        if node.op == "call_module" and type(det.get_submodule(node.target)).__name__ == "OnnxReshape":
+            shape = node.args[1]
+            const = functools.reduce(getattr, shape.target.split("."), det) if shape.op == "get_attr" else None
+            if isinstance(const, torch.Tensor) and const.tolist()[::2] == [1, -1] and const.numel() == 3:
+                with graph.inserting_before(node):
+                    flat = graph.call_function(torch.flatten, (node.args[0], 2))
+                node.replace_all_uses_with(flat)
+                graph.erase_node(node)
     out = next(n for n in graph.nodes if n.op == "output")
     raw = out.args[0]
     with graph.inserting_before(out):
@@ -253,10 +268,24 @@ def det_scores(det: Any) -> Any:
 
 
 def raw_output(small: Any, det: Any) -> Any:
-    """The modules of ``small`` (compressed ``det_scores(det)``) in ``det``'s own graph."""
+    """The modules of ``small`` (compressed ``det_scores(det)``) in ``det``'s own graph.
+
+    What the detection view does not use (the head's Reshape modules and their shape constants) comes from
+    ``det``.
+    """
+    import functools
+
     from torch import fx
 
-    return fx.GraphModule(small, copy.deepcopy(det.graph))
+    graph = copy.deepcopy(det.graph)
+    root: dict[str, Any] = {}
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            try:
+                root[node.target] = functools.reduce(getattr, node.target.split("."), small)
+            except AttributeError:
+                root[node.target] = functools.reduce(getattr, node.target.split("."), det)
+    return fx.GraphModule(root, graph)
 
 
 def memo_sensitivity(path: str, steps: int) -> dict[str, Any]:

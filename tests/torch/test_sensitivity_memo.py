@@ -135,3 +135,51 @@ def test_frozen_dense_leaves_only_the_sekron_layers_to_distillation() -> None:
         assert torch.equal(after[k], v), k  # dense layers untouched
     assert any(not torch.equal(after[k], v) for k, v in before.items() if k.split(".")[0] in sekron)
     assert bench.frozen_dense(small) == []  # already frozen: nothing new to switch off
+
+
+class OnnxReshape(nn.Module):
+    """onnx2torch's Reshape (the class name is what det_scores looks for): the shape comes in as a tensor."""
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return torch.reshape(x, torch.Size(shape.tolist()))
+
+
+class _FileHead(nn.Module):
+    """ddddocr's head as the file has it: each level's (B, 6, H, W) reshaped to the constant (1, 6, -1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.Reshape_1 = OnnxReshape()
+        self.register_buffer("shape", torch.tensor([1, 6, -1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = torch.cat([y[:, :4], torch.sigmoid(y[:, 4:])], 1)
+        return self.Reshape_1(y, self.shape).transpose(1, 2)
+
+
+def test_det_scores_is_per_image_at_any_batch_size() -> None:
+    bench = _bench()
+    torch.manual_seed(0)
+    class Tracer(torch.fx.Tracer):  # as onnx2torch's graphs: the Reshape is one call_module node
+        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+            return isinstance(m, OnnxReshape) or super().is_leaf_module(m, name)
+
+    head = _FileHead().eval()
+    gm = torch.fx.GraphModule(head, Tracer().trace(head))
+    assert any(n.op == "call_module" and n.target == "Reshape_1" for n in gm.graph.nodes)
+    x = torch.randn(3, 3, 5, 5, generator=torch.Generator().manual_seed(4))
+    det = bench.det_scores(gm)
+    with torch.no_grad():
+        singles = [gm(x[i:i + 1]) for i in range(3)]
+        views = torch.cat([det(x[i:i + 1]) for i in range(3)])
+        batched = det(x)
+        mixed = gm(x)  # the file's own graph at batch 3: one (1, 75, 6) output, the images' channels interleaved
+    assert mixed.shape == (1, 75, 6)
+    assert batched.shape == (3, 25, 5)
+    torch.testing.assert_close(batched, views, rtol=0, atol=1e-6)
+    for i, raw in enumerate(singles):  # each image's view is its own scores and score-weighted boxes
+        score = raw[..., 4:5] * raw[..., 5:]
+        torch.testing.assert_close(batched[i:i + 1], torch.cat([score, score * raw[..., :4]], -1), rtol=0, atol=1e-6)
+    assert torch.equal(bench.raw_output(det, gm)(x[:1]), singles[0])  # the raw output keeps the file's graph
