@@ -250,6 +250,34 @@ def _owner(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def shared_result(kind: str, M: np.ndarray, compute: Callable[[np.ndarray], Any]) -> Any:
+    """``compute(M)`` (a function of the contents of the numpy matrix ``M`` only), computed once per content of
+    ``M`` within an active :func:`shared_eigh` block (the same value object is handed out again: callers must
+    not alter it); outside a block, ``compute(M)`` each time."""
+    active = _SHARED.get()
+    if active is None:
+        return compute(M)
+    return _memoised(active[1], kind, M, compute)
+
+
+def _place(A: np.ndarray, kind: str) -> tuple[Any, ...]:
+    return ("place", kind, A.__array_interface__["data"][0], A.shape, A.strides, A.dtype.str)
+
+
+def frozen_value(kind: str, A: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, a function of the contents of ``A`` only, computed once per place for a view into the
+    active :func:`shared_eigh` block's frozen array (the searched weight: the norms that every ``decompose``
+    of it checks); outside such a block, or for any other array, ``compute()`` each time."""
+    active = _SHARED.get()
+    frozen = None if active is None else active[1].get(_FROZEN)
+    if frozen is None or not isinstance(A, np.ndarray) or _owner(A) is not frozen:
+        return compute()
+    place = _place(A, kind)
+    if place not in active[1]:
+        active[1][place] = compute()
+    return active[1][place]
+
+
 def _memoised(store: dict[Any, Any], kind: str, M: np.ndarray, compute: Callable[[np.ndarray], Any]) -> Any:
     """``compute(A)`` for ``A``, the contiguous ``M``, once per content within the :func:`shared_eigh` block.
 
@@ -260,7 +288,7 @@ def _memoised(store: dict[Any, Any], kind: str, M: np.ndarray, compute: Callable
     frozen = store.get(_FROZEN)
     place = None
     if frozen is not None and _owner(A) is frozen:
-        place = ("place", kind, A.__array_interface__["data"][0], A.shape, A.strides, A.dtype.str)
+        place = _place(A, kind)
         got = store.get(place)
         if got is not None:
             return got

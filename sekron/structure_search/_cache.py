@@ -43,7 +43,8 @@ import numpy as np
 Entry = dict[str, np.ndarray]
 
 #: layout version of the on-disk cache (bumped when keys or entries change meaning)
-VERSION = 3  # 3: CP fits with the dimension-tree MTTKRP of _scoring._TreeMTTKRP (values move in the last bits)
+VERSION = 4  # 3: CP fits with the dimension-tree MTTKRP of _scoring._TreeMTTKRP (values move in the last bits);
+#             4: CP fits of tall problems on their QR-compressed tensor (_scoring._compressed; the last bits again)
 
 
 def weight_hash(W: np.ndarray) -> str:

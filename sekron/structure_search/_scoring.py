@@ -40,7 +40,7 @@ import numpy as np
 from .._backend import using
 from ..decomposition import decompose
 from ..linalg.als import MTTKRP, cp_als
-from ..linalg.svd import gram_eigvalsh, gram_top
+from ..linalg.svd import gram_eigvalsh, gram_top, shared_result
 from ..structure import Structure
 from . import _baselines as bl
 from ._cache import memo
@@ -58,6 +58,9 @@ ALS_FLOPS = 1.0e9
 #: from the fit an octave below (:func:`octave_ranks`): at 4x (ladder octaves 4 to 1) this is the chain of a
 #: ladder that starts at its smallest rank, and the fits of 8x and 2x share all but one octave with it
 CHAIN_ROOT = 4
+#: a CP problem whose largest mode is at least this many times the product of the others is fitted on its
+#: QR-compressed tensor (:func:`_compressed`; below it the QR costs more than the sweeps it shortens)
+TALL = 2
 #: columns of the randomized sketch that screens large S = 2 grids
 SKETCH = 32
 #: TT / TR / Tucker rank profiles (the target ``t`` of :func:`sekron.structure_search._baselines.profile`):
@@ -319,6 +322,10 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
     Stops after ``n_iter`` sweeps or when the relative error changes by less than ``tol``
     (:func:`sekron.linalg.als.cp_als`, with the dimension-tree MTTKRP of :func:`_tree_mttkrp`).
     With ``deadline`` (a ``time.perf_counter()`` value) it also stops after the sweep that passes it.
+
+    A tall problem, whose largest mode ``L`` is :data:`TALL` times the product ``p`` of the others or more, runs on
+    its QR-compressed tensor (:func:`_compressed`): the same ALS iterates up to rounding, on ``p`` rows
+    instead of ``P_L`` per sweep.
     """
     rng = np.random.default_rng(0)
     facs = [np.array(f, dtype=float) for f in init] if init is not None else []
@@ -328,10 +335,40 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
         if U.shape[1] < R:
             U = np.concatenate([U, rng.standard_normal((P, R - U.shape[1])) / math.sqrt(P)], axis=1)
         facs.append(U)
+    norm_sq = float(np.sum(T * T))
+    small = _compressed(T)
+    if small is not None:
+        Q, core, L = small
+        mttkrp, order = _tree_mttkrp(core)
+        facs[L] = Q.T @ facs[L]  # (not used: mode L is updated first, from the other factors)
+        with using("numpy"):
+            out = cp_als(mttkrp, facs, norm_sq, n_iter, tol, order, deadline=deadline, extrapolate=extrapolate)
+        out[L] = Q @ out[L]
+        return out
     mttkrp, order = _tree_mttkrp(T)
     with using("numpy"):
-        return cp_als(mttkrp, facs, float(np.sum(T * T)), n_iter, tol, order, deadline=deadline,
-                      extrapolate=extrapolate)
+        return cp_als(mttkrp, facs, norm_sq, n_iter, tol, order, deadline=deadline, extrapolate=extrapolate)
+
+
+def _compressed(T: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """``(Q, C, L)`` with ``T_(L) = Q C_(L)`` (thin QR of the mode-``L`` unfolding, ``Q`` of shape
+    ``(P_L, p)``) when T's largest mode ``L`` is at least :data:`TALL` times the product ``p`` of the others;
+    else None.
+
+    CP-ALS on ``C`` is CP-ALS on ``T`` with mode ``L``'s factor ``Q U_L``: the ALS update of ``U_L``
+    (``T_(L) K V^{-1}``, updated first in each sweep) lies in the range of ``Q``, and the other modes see
+    mode ``L`` only through ``U_L^T T_(L) = (Q^T U_L)^T C_(L)`` and ``U_L^T U_L``.
+    """
+    L = int(np.argmax(T.shape))
+    p = T.size // T.shape[L]
+    if T.shape[L] < TALL * p:
+        return None
+    # one QR per content within a search (the ranks of a ladder fit the same tensor)
+    Q, C = shared_result("qr", np.moveaxis(T, L, 0).reshape(T.shape[L], p), np.linalg.qr)
+    core = np.ascontiguousarray(np.moveaxis(C.reshape((p, *(d for k, d in enumerate(T.shape) if k != L))), 0, L))
+    if int(np.argmax(core.shape)) != L:  # another mode as long as p (the others of size 1): the plain tree
+        return None
+    return Q, core, L
 
 
 def _khatri_rao(facs: Sequence[np.ndarray]) -> np.ndarray:
