@@ -298,7 +298,8 @@ def _memoised(store: dict[Any, Any], kind: str, M: np.ndarray, compute: Callable
             break
     else:
         value = compute(A)
-        store.setdefault(key, []).append((A.copy() if A is M else A, value))
+        # kept for the comparison: a copy, unless A lies in the frozen array (then it cannot change)
+        store.setdefault(key, []).append((A.copy() if A is M and place is None else A, value))
     if place is not None:
         store[place] = value
     return value

@@ -260,11 +260,19 @@ def _plain(value: Any) -> Any:
 def memo(kind: str, A: np.ndarray, args: Mapping[str, Any], compute: Callable[[], Entry]) -> Entry:
     """``compute()``, or its stored result for the same content of ``A`` and the same ``args``.
 
-    Without an active cache (:meth:`SearchCache.using`, or a worker's :class:`Memo`) it just computes.
+    Without an active cache (:meth:`SearchCache.using`, or a worker's :class:`Memo`) it just computes,
+    except the CP fits (``kind`` ``cp``): those are still computed once per content of ``A`` and ``args``
+    within one search (the block of :func:`sekron.linalg.svd.shared_eigh` that the search runs in), as a
+    worker's Memo does, so that a layer's two families that are one CP problem are fitted once.
     """
     m = _ACTIVE.get()
-    if m is None:
+    if m is None and kind != "cp":
         return compute()
+    if m is None:
+        from ..linalg.svd import shared_result
+
+        call = kind + ":" + json.dumps(_plain(dict(args)), sort_keys=True)
+        return shared_result(call, A, lambda _: {k: np.asarray(v) for k, v in compute().items()})  # type: ignore[no-any-return]
     key = kind + ":" + m.array_hash(A)[:16] + ":" + json.dumps(_plain(dict(args)), sort_keys=True)
     got = m.known.get(key)
     if got is None:
