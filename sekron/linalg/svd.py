@@ -26,9 +26,10 @@ SVDFunction = Callable[..., tuple[Any, Any, Any]]
 OVERSAMPLING = 10
 #: a randomized SVD pays off only when its sketch is at most this fraction of the smaller side
 SKETCH_FRACTION = 0.5
-#: computing only the leading eigenpairs of a Gram matrix (:func:`gram_top`) pays when they
-#: are fewer than this fraction of all
-PARTIAL_EIGH_FRACTION = 0.5
+#: computing only the leading eigenpairs of a Gram matrix (:func:`gram_top`, LAPACK syevr with an index range)
+#: pays when they are fewer than this fraction of all; beyond it the full divide-and-conquer syevd is faster
+#: (one core, n = 128 to 768: syevr for the top 25% takes 1.6 to 3 times syevd's time, docs/speed.md)
+PARTIAL_EIGH_FRACTION = 0.1
 #: :func:`shared_eigh` serves only Gram matrices up to this size (beyond it a full eigen-decomposition
 #: costs more than the partial ones it replaces)
 SHARED_EIGH_MAX = 1536
