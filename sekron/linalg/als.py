@@ -205,9 +205,15 @@ def _solve(V: Any, M: Any) -> Any:
     if M.shape[0] > INVERSE_ROWS * V.shape[0]:
         return M @ np.linalg.inv(V.T)
     if V.size and M.size:  # scipy's cho_factor + cho_solve, without their checks and wrappers (same LAPACK calls)
-        potrf, potrs = _cholesky_routines(V.dtype, M.dtype)
+        potrf, potrs, potri, symm = _cholesky_routines(V.dtype, M.dtype)
         c, info = potrf(V.T, lower=False, overwrite_a=False, clean=False)
-        if info == 0:
+        if info == 0 and M.shape[0] >= V.shape[0] and symm is not None:
+            # at least R right-hand sides: the inverse from the Cholesky factor (upper triangle) times M, a BLAS
+            # symm, beats potrs's two triangular solves (one core, R = 20 to 300: 1.2 to 2 times faster)
+            inv, info = potri(c, lower=False, overwrite_c=True)
+            if info == 0:
+                return symm(1.0, inv, M, side=1, lower=0)
+        elif info == 0:
             x, info = potrs(c, M.T, lower=False, overwrite_b=False)
             if info == 0:
                 return x.T
@@ -221,11 +227,16 @@ def _solve(V: Any, M: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def _cholesky_routines(a: np.dtype, b: np.dtype) -> tuple[Any, Any]:
-    """LAPACK's potrf and potrs for these dtypes (scipy's choice of prefix), looked up once."""
+def _cholesky_routines(a: np.dtype, b: np.dtype) -> tuple[Any, Any, Any, Any]:
+    """LAPACK's potrf, potrs and potri and BLAS's symm for these dtypes (scipy's choice of prefix), looked up
+    once; symm is None for complex (its Hermitian counterpart is hemm)."""
+    from scipy.linalg.blas import get_blas_funcs
     from scipy.linalg.lapack import get_lapack_funcs
 
-    return tuple(get_lapack_funcs(("potrf", "potrs"), (np.empty(0, a), np.empty(0, b))))  # type: ignore[return-value]
+    arrays = (np.empty(0, a), np.empty(0, b))
+    potrf, potrs, potri = get_lapack_funcs(("potrf", "potrs", "potri"), arrays)
+    symm = None if np.iscomplexobj(arrays[0]) or np.iscomplexobj(arrays[1]) else get_blas_funcs("symm", arrays)
+    return potrf, potrs, potri, symm
 
 
 def dense_mttkrp(T: Any) -> MTTKRP:
