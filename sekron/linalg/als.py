@@ -120,7 +120,7 @@ def _numpy_ops(like: np.ndarray) -> _Ops:
     def gram(u: np.ndarray) -> np.ndarray:
         if real and u.shape[0] >= SYRK_ROWS:  # u^T u of one buffer: numpy computes half of it (syrk), symmetric
             return np.matmul(np.transpose(u, (1, 0)), u)
-        return np.matmul(np.transpose(u, (1, 0)), np.conj(u))
+        return np.matmul(np.transpose(u, (1, 0)), u.copy() if real else np.conj(u))  # conj of real: a copy
 
     def hadamard(gs: list[np.ndarray]) -> np.ndarray:  # ones * g_0 * g_1 ..., the product by ones left out
         if not gs:
@@ -135,8 +135,7 @@ def _numpy_ops(like: np.ndarray) -> _Ops:
         return V
 
     def inner(M: np.ndarray, u: np.ndarray) -> float:
-        v = np.sum(M * np.conj(u))
-        return float(v if real else np.real(v))
+        return float(np.sum(M * u)) if real else float(np.real(np.sum(M * np.conj(u))))  # conj of real: itself
 
     return _Ops(gram, hadamard, add_ridge, inner, lambda x: float(np.real(np.sum(x))))
 
