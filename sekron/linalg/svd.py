@@ -270,13 +270,14 @@ def frozen_value(kind: str, A: Any, compute: Callable[[], Any]) -> Any:
     active :func:`shared_eigh` block's frozen array (the searched weight: the norms that every ``decompose``
     of it checks); outside such a block, or for any other array, ``compute()`` each time."""
     active = _SHARED.get()
-    frozen = None if active is None else active[1].get(_FROZEN)
+    store: dict[Any, Any] = {} if active is None else active[1]
+    frozen = store.get(_FROZEN)
     if frozen is None or not isinstance(A, np.ndarray) or _owner(A) is not frozen:
         return compute()
     place = _place(A, kind)
-    if place not in active[1]:
-        active[1][place] = compute()
-    return active[1][place]
+    if place not in store:
+        store[place] = compute()
+    return store[place]
 
 
 def _memoised(store: dict[Any, Any], kind: str, M: np.ndarray, compute: Callable[[np.ndarray], Any]) -> Any:
@@ -294,9 +295,9 @@ def _memoised(store: dict[Any, Any], kind: str, M: np.ndarray, compute: Callable
         if got is not None:
             return got
     key = (kind, *_fingerprint(A, store))  # equality is checked below
-    for stored, value in store.get(key, []):
-        if np.array_equal(stored, A):
-            break
+    found = [v for stored, v in store.get(key, []) if np.array_equal(stored, A)][:1]
+    if found:
+        value = found[0]
     else:
         value = compute(A)
         # kept for the comparison: a copy, unless A lies in the frozen array (then it cannot change)
