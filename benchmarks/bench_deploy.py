@@ -505,6 +505,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--time-files", nargs="+", default=None, metavar="ONNX",
                     help="only time these ONNX files side by side (batch 1 of their input shape, 1 and 2 threads), "
                     "the first as the reference: the short timing run, at normal priority")
+    ap.add_argument("--time-size", type=int, nargs="+", default=None, metavar="N",
+                    help="with --time-files: time at these square spatial input sizes instead of the files' own "
+                    "(the files' spatial dimensions are made free in copies; a fully convolutional graph only)")
     ap.add_argument("--eval-files", nargs="+", default=None, metavar="ONNX",
                     help="only compare these ddddocr detector files with the original: params, size, GMACs, "
                     "detections on the test images")
@@ -515,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
     args = ap.parse_args(argv)
     if args.time_files:
-        return time_files(args.time_files, args.rounds)
+        return time_files(args.time_files, args.rounds, args.time_size)
     if args.eval_files:
         return eval_files(args.eval_files, args.images)
     torch.set_num_threads(args.threads)
@@ -586,20 +589,53 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def time_files(paths: Sequence[str], rounds: int) -> dict[str, Any]:
-    """ONNX files timed side by side in onnxruntime, batch 1, at 1 and 2 threads; ratios to the first file."""
+def free_spatial(path: str, folder: str) -> str:
+    """A copy of an ONNX file whose input and output spatial dimensions are free (``N-D`` convolutional graphs).
+
+    The graph's recorded intermediate shapes are dropped (onnxruntime infers them again), so
+    the same file runs at any tile size. A graph that bakes the spatial size into a constant
+    (a Reshape target, Resize sizes) fails in onnxruntime at another size: a clear error then.
+    """
+    import onnx
+
+    model = onnx.load(path)
+    for k, v in enumerate([*model.graph.input, *model.graph.output]):
+        dims = v.type.tensor_type.shape.dim
+        for i in range(2, len(dims)):
+            dims[i].ClearField("dim_value")
+            dims[i].dim_param = f"s{k}_{i}"
+    del model.graph.value_info[:]
+    base = os.path.basename(path)
+    os.makedirs(folder, exist_ok=True)
+    out = os.path.join(folder, base)
+    onnx.save(model, out, save_as_external_data=True, location=base + ".data")
+    return out
+
+
+def time_files(paths: Sequence[str], rounds: int, sizes: Sequence[int] | None = None) -> dict[str, Any]:
+    """ONNX files timed side by side in onnxruntime, batch 1, at 1 and 2 threads; ratios to the first file.
+
+    ``sizes``: square spatial input sizes to time at instead of the files' own (:func:`free_spatial`).
+    """
     out: dict[str, Any] = {}
-    for threads in (1, 2):
-        sess = {p: session(p, threads) for p in paths}
-        first = sess[paths[0]].get_inputs()[0]
-        shape = [1 if not isinstance(d, int) else d for d in first.shape]
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        t = timeit({p: ort_fn(s, x) for p, s in sess.items()}, rounds)
-        for p in paths:
-            out[f"{p} {threads}t"] = t[p]
-            print(f"{threads} thread(s) {os.path.basename(p)}: median {t[p][0]:.2f} ms (min {t[p][1]:.2f}), "
-                  f"ratio {t[p][0] / t[paths[0]][0]:.3f} (min {t[p][1] / t[paths[0]][1]:.3f}), CPU-time ratio "
-                  f"{CPU_MS[p] / CPU_MS[paths[0]]:.3f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [free_spatial(p, os.path.join(tmp, str(k))) for k, p in enumerate(paths)] if sizes else list(paths)
+        for size in sizes or (None,):
+            for threads in (1, 2):
+                sess = {p: session(f, threads) for p, f in zip(paths, files)}
+                first = sess[paths[0]].get_inputs()[0]
+                shape = [1 if not isinstance(d, int) else d for d in first.shape]
+                if size is not None:
+                    shape[2:] = [size] * (len(shape) - 2)
+                x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+                t = timeit({p: ort_fn(s, x) for p, s in sess.items()}, rounds)
+                at = "" if size is None else f" at {size}x{size}"
+                for p in paths:
+                    out[f"{p} {threads}t{at}"] = t[p]
+                    print(f"{threads} thread(s){at} {os.path.basename(p)}: median {t[p][0]:.2f} ms "
+                          f"(min {t[p][1]:.2f}), ratio {t[p][0] / t[paths[0]][0]:.3f} "
+                          f"(min {t[p][1] / t[paths[0]][1]:.3f}), CPU-time ratio "
+                          f"{CPU_MS[p] / CPU_MS[paths[0]]:.3f}", flush=True)
     return out
 
 

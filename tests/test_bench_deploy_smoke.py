@@ -59,3 +59,38 @@ def test_onnx_cost_reads_both_exporters(tmp_path: Path, dynamo: bool) -> None:
     assert bench_deploy.onnx_cost(str(path), tuple(x.shape)) == expected
     with pytest.raises(ValueError, match="dimensions"):
         bench_deploy.onnx_cost(str(path), (3, 16, 16))
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ not shipped")
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_free_spatial_runs_the_file_at_another_tile_size(tmp_path: Path, dynamo: bool) -> None:
+    """bench_deploy --time-size: the copy of a fully convolutional file, exported at 16x16, runs at 24x24 in
+    onnxruntime and equals the torch model there; the original file is left as it was."""
+    for module in ("torch", "onnx", "onnxruntime", "onnxscript"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_deploy
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.LeakyReLU(0.2), nn.Upsample(scale_factor=2.0),
+                        nn.Conv2d(8, 4, 3, padding=1, groups=2)).eval()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), dynamo=dynamo)
+    before = path.read_bytes()
+    free = bench_deploy.free_spatial(str(path), str(tmp_path / "free"))
+    x = torch.randn(1, 3, 24, 24)
+    sess = ort.InferenceSession(free, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert got.shape == (1, 4, 48, 48)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert path.read_bytes() == before
