@@ -94,3 +94,32 @@ def test_free_spatial_runs_the_file_at_another_tile_size(tmp_path: Path, dynamo:
     assert got.shape == (1, 4, 48, 48)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert path.read_bytes() == before
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ not shipped")
+def test_profile_files_counts_the_conv_nodes(tmp_path: Path) -> None:
+    """bench_deploy --profile-files: one Conv node per conv of the model, node times within the run time, and the
+    floor (time outside the convs plus each conv at the fastest one's time) at most the run time."""
+    for module in ("torch", "onnx", "onnxruntime"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_deploy
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 3)).eval()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 12, 12),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
+    with pytest.raises(ValueError, match="fixed batch"):
+        fixed = tmp_path / "fixed.onnx"
+        torch.onnx.export(net, (torch.randn(1, 3, 12, 12),), str(fixed), dynamo=False)
+        bench_deploy.profile_files([str(fixed)], rounds=2, batch=2)
+    row = bench_deploy.profile_files([str(path)], rounds=20, batch=2, threads=1)[str(path)]
+    assert row["conv_nodes"] == 3
+    assert 0 < row["fastest_conv_us"] <= row["by_op_us"]["Conv"] <= row["run_us"]
+    assert row["floor_us"] <= row["run_us"] + 1e-9
