@@ -271,8 +271,11 @@ def memo(kind: str, A: np.ndarray, args: Mapping[str, Any], compute: Callable[[]
     if m is None:
         from ..linalg.svd import shared_result
 
-        call = kind + ":" + json.dumps(_plain(dict(args)), sort_keys=True)
-        return shared_result(call, A, lambda _: {k: np.asarray(v) for k, v in compute().items()})  # type: ignore[no-any-return]
+        fits: dict[str, Entry] = shared_result(kind, A, lambda _: {})  # one table (and one kept copy) per content
+        call = json.dumps(_plain(dict(args)), sort_keys=True)
+        if call not in fits:
+            fits[call] = {k: np.asarray(v) for k, v in compute().items()}
+        return fits[call]
     key = kind + ":" + m.array_hash(A)[:16] + ":" + json.dumps(_plain(dict(args)), sort_keys=True)
     got = m.known.get(key)
     if got is None:
