@@ -8,7 +8,9 @@ Stages (comma list, run in one process so that ``compress``'s in-memory search c
 - ``fit``: the same compress with ``calibration=`` (output fit; ``--group`` bytes for the grouped fit,
   ``--allocation``, ``--exclude``, ``--max-samples``, ``--fit-steps``), saved as ``TAG_fit.pt``;
 - ``distill``: ``sekron.torch.distill`` of that model towards the dense one on ``--distill-n`` unlabeled
-  captcha images (a quarter held out), saved as ``TAG_distill.pt``;
+  captcha images (a quarter held out, the best epoch kept), saved as ``TAG_distill.pt``; ``--distill-params
+  compressed`` trains only the SeKron layers (the dense convs keep the original's weights), ``--distill-freeze``
+  names more modules to leave, ``--distill-seed`` draws the images with another seed;
 - ``export``: ``to_standard`` and ONNX of the saved models (``TAG_fit.onnx``, ``TAG_distill.onnx``); compare and
   time them against the original with ``bench_deploy.py --eval-files`` / ``--time-files``.
 
@@ -18,7 +20,8 @@ scores and score-weighted boxes (``det_scores``) instead of the raw output; ``--
 
 Every evaluated model is compared with the original file (onnxruntime) on bench_deploy's 8 captcha-like test images
 (seed 0); calibration and distillation images are drawn with seed 1000 (checked disjoint). One JSON line per model
-goes to ``OUT/TAG.jsonl``: boxes found / matched (IoU >= 0.5, greedy by score), mean IoU, max score difference of
+goes to ``OUT/TAG.jsonl``: boxes found / matched (IoU >= 0.5, greedy by score) / missed / extras (found, matching
+no original box), ``detections_match`` (every original box matched and no extra), mean IoU, max score difference of
 matched boxes, relative output error.
 
     OMP_NUM_THREADS=2 nice -n 19 python benchmarks/ddddocr_calibrated.py --stages fit,distill,export --calib 8 \\
