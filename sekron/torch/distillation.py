@@ -83,10 +83,11 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
         ``noise`` and ``mixup`` all 0). Same result as False up to the rounding of the
         teacher's batched forward passes.
     on_epoch : callable, optional
-        Called after every epoch as ``on_epoch(epoch, held)``, ``epoch`` counted from 1 and
-        ``held`` the held-out loss (None without ``holdout``), before the best point is
-        restored; e.g. to log a metric of the student on other data (run it under
-        ``torch.no_grad()``; the student is in its training mode here).
+        Called before training as ``on_epoch(0, held)`` and after every epoch as
+        ``on_epoch(epoch, held)``, ``epoch`` counted from 1 and ``held`` the held-out loss
+        (None without ``holdout``), before the best point is restored; e.g. to log a metric
+        of the student on other data (run it under ``torch.no_grad()``; the student is in
+        its training mode here).
 
     Examples
     --------
@@ -213,6 +214,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: Any, *, epochs: int = 
             whole = gather(cache(list(inputs.split(int(batch_size))))) if inputs is not None and cache_teacher else None
             batch_cache = cache(batches) if inputs is None else []
             best = (held_loss(), copy.deepcopy(student.state_dict())) if held else None
+            if on_epoch is not None:
+                on_epoch(0, None if best is None else best[0])
 
             def order() -> Any:
                 for _ in range(epochs):
