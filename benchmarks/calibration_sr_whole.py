@@ -181,6 +181,10 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
         if args.distill_epochs <= 0:
             return
         data = random_crops(args.calib, args.distill_crops, args.distill_crop or args.lr_crop, args.seed + 1)
+        if args.distill_dihedral:  # each crop flipped / rotated by a random one of the 8 symmetries of the square
+            pick = np.random.default_rng(args.seed + 2).integers(0, 8, len(data))
+            data = torch.stack([torch.rot90(x.flip(-1) if k >= 4 else x, int(k % 4), (-2, -1))
+                                for x, k in zip(data, pick)])
         history: list[dict[str, Any]] = []
         student = copy.deepcopy(small)
 
@@ -202,7 +206,7 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
                "calibration_seconds": None, "stream_seconds": 0.0, "groups": 0, "peak_mib": peak_mib(),
                "fit_start_mib": float("nan"), "fit_peak_mib": float("nan"), "distill_history": history,
                "distill": {k: getattr(args, f"distill_{k}") for k in ("epochs", "lr", "crops", "crop", "batch_size",
-                                                                     "holdout", "schedule")}}
+                                                                     "holdout", "schedule", "dihedral")}}
         record(student, new, [])
 
     for ratio in [] if args.load else args.ratios:  # with --load: only the loaded students
@@ -299,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-holdout", type=float, default=0.25,
                    help="fraction of the distillation crops held out to choose the epoch")
     p.add_argument("--distill-schedule", default="cosine", choices=["constant", "cosine"])
+    p.add_argument("--distill-dihedral", action="store_true",
+                   help="each distillation crop flipped/rotated by a random symmetry of the square")
     p.add_argument("--save-dir", type=Path, default=None, help="torch.save every compressed model there")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
