@@ -200,13 +200,15 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
         t0 = time.perf_counter()
         distill(student, model, data, epochs=args.distill_epochs, lr=args.distill_lr, loss="mse",
                 batch_size=args.distill_batch_size, holdout=args.distill_holdout, schedule=args.distill_schedule,
-                seed=args.seed, cache_teacher=True, progress=args.progress, on_epoch=log)
+                seed=args.seed, cache_teacher=True, progress=args.progress, on_epoch=log,
+                features=args.distill_features, feature_weight=args.distill_feature_weight)
         new = {**{k: v for k, v in row.items() if k not in ("psnr", "stage_error_eval")},
                "run": f"{row['run']} + distill {args.distill_epochs} ep.", "seconds": time.perf_counter() - t0,
                "calibration_seconds": None, "stream_seconds": 0.0, "groups": 0, "peak_mib": peak_mib(),
                "fit_start_mib": float("nan"), "fit_peak_mib": float("nan"), "distill_history": history,
                "distill": {k: getattr(args, f"distill_{k}") for k in ("epochs", "lr", "crops", "crop", "batch_size",
-                                                                     "holdout", "schedule", "dihedral")}}
+                                                                     "holdout", "schedule", "dihedral", "features",
+                                                                     "feature_weight")}}
         record(student, new, [])
 
     for ratio in [] if args.load else args.ratios:  # with --load: only the loaded students
@@ -305,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-schedule", default="cosine", choices=["constant", "cosine"])
     p.add_argument("--distill-dihedral", action="store_true",
                    help="each distillation crop flipped/rotated by a random symmetry of the square")
+    p.add_argument("--distill-features", nargs="*", default=[],
+                   help="submodules (e.g. body.5 conv_body) whose outputs are matched too (distill(features=...))")
+    p.add_argument("--distill-feature-weight", type=float, default=1.0)
     p.add_argument("--save-dir", type=Path, default=None, help="torch.save every compressed model there")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
