@@ -166,7 +166,7 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
             fh.write(json.dumps({"method": row["method"], "ratio": row["ratio"], "run": row["run"],
                                  "layers": layer_rows, "stage_errors": stages}) + "\n")
         name = f"{row['method']} {row['ratio']:g}x {row['run']}" if row["ratio"] == row["ratio"] else row["run"]
-        crops[name] = outs[evals[0][0]]
+        crops[row.get("title", name)] = outs[evals[0][0]]
         if args.save_dir is not None:  # the compressed model, for analyses after the run
             args.save_dir.mkdir(parents=True, exist_ok=True)
             torch.save(small, args.save_dir / f"{args.tag}_{name.replace(' ', '_')}.pt")
@@ -204,6 +204,7 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
                 features=args.distill_features, feature_weight=args.distill_feature_weight)
         new = {**{k: v for k, v in row.items() if k not in ("psnr", "stage_error_eval")},
                "run": f"{row['run']} + distill {args.distill_epochs} ep.", "seconds": time.perf_counter() - t0,
+               "title": row.get("title", f"{row['method']} {row['ratio']:g}x") + " + distill",
                "calibration_seconds": None, "stream_seconds": 0.0, "groups": 0, "peak_mib": peak_mib(),
                "fit_start_mib": float("nan"), "fit_peak_mib": float("nan"), "distill_history": history,
                "distill": {k: getattr(args, f"distill_{k}") for k in ("epochs", "lr", "crops", "crop", "batch_size",
@@ -250,7 +251,7 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
         row = {"ratio": float("nan"), "method": "loaded", "run": Path(path).stem, "layers": len(comp),
                "model_ratio": total / sum(p.numel() for p in small.parameters()), "layer_ratio": float("nan"),
                "seconds": 0.0, "calibration_seconds": None, "stream_seconds": 0.0, "groups": 0,
-               "peak_mib": float("nan")}
+               "peak_mib": float("nan"), "title": f"loaded {Path(path).stem[-24:]}"}
         record(small, row, [])
         distilled(small, row)
     return rows, crops
