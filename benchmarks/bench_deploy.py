@@ -505,6 +505,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--time-files", nargs="+", default=None, metavar="ONNX",
                     help="only time these ONNX files side by side (batch 1 of their input shape, 1 and 2 threads), "
                     "the first as the reference: the short timing run, at normal priority")
+    ap.add_argument("--time-size", type=int, nargs="+", default=None, metavar="N",
+                    help="with --time-files: time at these square spatial input sizes instead of the files' own "
+                    "(the files' spatial dimensions are made free in copies; a fully convolutional graph only)")
+    ap.add_argument("--profile-files", nargs="+", default=None, metavar="ONNX",
+                    help="only profile these ONNX files in onnxruntime (--threads, --batch, --rounds runs): the time "
+                    "per operator type, the conv nodes' count and fastest node, the time outside the nodes")
+    ap.add_argument("--batch", type=int, default=1, help="with --profile-files: the batch size")
     ap.add_argument("--eval-files", nargs="+", default=None, metavar="ONNX",
                     help="only compare these ddddocr detector files with the original: params, size, GMACs, "
                     "detections on the test images")
@@ -515,9 +522,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
     args = ap.parse_args(argv)
     if args.time_files:
-        return time_files(args.time_files, args.rounds)
+        return time_files(args.time_files, args.rounds, args.time_size)
     if args.eval_files:
         return eval_files(args.eval_files, args.images)
+    if args.profile_files:
+        return profile_files(args.profile_files, args.rounds, args.batch, args.threads)
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     layers = [(64, 8), (128, 4)] if args.quick else LAYERS
@@ -586,20 +595,107 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def time_files(paths: Sequence[str], rounds: int) -> dict[str, Any]:
-    """ONNX files timed side by side in onnxruntime, batch 1, at 1 and 2 threads; ratios to the first file."""
+def free_spatial(path: str, folder: str) -> str:
+    """A copy of an ONNX file whose input and output spatial dimensions are free (``N-D`` convolutional graphs).
+
+    The graph's recorded intermediate shapes are dropped (onnxruntime infers them again), so
+    the same file runs at any tile size. A graph that bakes the spatial size into a constant
+    (a Reshape target, Resize sizes) fails in onnxruntime at another size: a clear error then.
+    """
+    import onnx
+
+    model = onnx.load(path)
+    for k, v in enumerate([*model.graph.input, *model.graph.output]):
+        dims = v.type.tensor_type.shape.dim
+        for i in range(2, len(dims)):
+            dims[i].ClearField("dim_value")
+            dims[i].dim_param = f"s{k}_{i}"
+    del model.graph.value_info[:]
+    base = os.path.basename(path)
+    os.makedirs(folder, exist_ok=True)
+    out = os.path.join(folder, base)
+    onnx.save(model, out, save_as_external_data=True, location=base + ".data")
+    return out
+
+
+def time_files(paths: Sequence[str], rounds: int, sizes: Sequence[int] | None = None) -> dict[str, Any]:
+    """ONNX files timed side by side in onnxruntime, batch 1, at 1 and 2 threads; ratios to the first file.
+
+    ``sizes``: square spatial input sizes to time at instead of the files' own (:func:`free_spatial`).
+    """
     out: dict[str, Any] = {}
-    for threads in (1, 2):
-        sess = {p: session(p, threads) for p in paths}
-        first = sess[paths[0]].get_inputs()[0]
-        shape = [1 if not isinstance(d, int) else d for d in first.shape]
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        t = timeit({p: ort_fn(s, x) for p, s in sess.items()}, rounds)
-        for p in paths:
-            out[f"{p} {threads}t"] = t[p]
-            print(f"{threads} thread(s) {os.path.basename(p)}: median {t[p][0]:.2f} ms (min {t[p][1]:.2f}), "
-                  f"ratio {t[p][0] / t[paths[0]][0]:.3f} (min {t[p][1] / t[paths[0]][1]:.3f}), CPU-time ratio "
-                  f"{CPU_MS[p] / CPU_MS[paths[0]]:.3f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [free_spatial(p, os.path.join(tmp, str(k))) for k, p in enumerate(paths)] if sizes else list(paths)
+        for size in sizes or (None,):
+            for threads in (1, 2):
+                sess = {p: session(f, threads) for p, f in zip(paths, files)}
+                first = sess[paths[0]].get_inputs()[0]
+                shape = [1 if not isinstance(d, int) else d for d in first.shape]
+                if size is not None:
+                    shape[2:] = [size] * (len(shape) - 2)
+                x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+                t = timeit({p: ort_fn(s, x) for p, s in sess.items()}, rounds)
+                at = "" if size is None else f" at {size}x{size}"
+                for p in paths:
+                    out[f"{p} {threads}t{at}"] = t[p]
+                    print(f"{threads} thread(s){at} {os.path.basename(p)}: median {t[p][0]:.2f} ms "
+                          f"(min {t[p][1]:.2f}), ratio {t[p][0] / t[paths[0]][0]:.3f} "
+                          f"(min {t[p][1] / t[paths[0]][1]:.3f}), CPU-time ratio "
+                          f"{CPU_MS[p] / CPU_MS[paths[0]]:.3f}", flush=True)
+    return out
+
+
+def profile_files(paths: Sequence[str], rounds: int, batch: int = 1, threads: int = 1) -> dict[str, Any]:
+    """Where onnxruntime's time goes in each file, from its profiler: the floor that per-node costs set.
+
+    For each file: the median run time, the median time per node summed by operator type, the
+    number of Conv nodes and the median of the fastest one, and what lies outside the nodes
+    (the session's own work between them). A model that keeps ``n`` convs, each at least as
+    slow as the fastest conv node, cannot run faster than the time outside its convs plus
+    ``n`` times that node: the bound printed as ``floor``.
+    """
+    import onnxruntime as ort
+
+    out: dict[str, Any] = {}
+    for path in paths:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        with tempfile.TemporaryDirectory() as tmp:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(tmp, "profile")
+            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            first = sess.get_inputs()[0]
+            if isinstance(first.shape[0], int) and first.shape[0] != batch:
+                raise ValueError(f"{path} has a fixed batch size {first.shape[0]}, --batch {batch} was asked: "
+                                 "export with a dynamic batch axis or pass its batch size")
+            shape = [batch if k == 0 else d for k, d in enumerate(first.shape)]
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            warm = max(rounds // 10, 1)
+            for _ in range(rounds + warm):
+                sess.run(None, {first.name: x})
+            events = json.loads(Path(sess.end_profiling()).read_text())
+        runs = [e["dur"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][warm:]
+        nodes: dict[tuple[str, str], list[float]] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                nodes.setdefault((e["name"], e["args"].get("op_name", "?")), []).append(e["dur"])
+        med = {k: float(np.median(v[warm:] or v)) for k, v in nodes.items()}
+        by_op: dict[str, float] = {}
+        for (_name, op), t in med.items():
+            by_op[op] = by_op.get(op, 0.0) + t
+        convs = [t for (_name, op), t in med.items() if op == "Conv"]
+        run = float(np.median(runs))
+        outside = run - sum(med.values())
+        row = {"run_us": run, "by_op_us": by_op, "conv_nodes": len(convs), "fastest_conv_us": min(convs, default=0.0),
+               "outside_us": outside}
+        row["floor_us"] = run - by_op.get("Conv", 0.0) + len(convs) * row["fastest_conv_us"]
+        out[path] = row
+        ops = ", ".join(f"{op} {t:.0f}" for op, t in sorted(by_op.items(), key=lambda kv: -kv[1]))
+        print(f"{os.path.basename(path)} batch {batch}, {threads} thread(s): run {run:.0f} us; nodes by type (us): "
+              f"{ops}; outside the nodes {outside:.0f}; {len(convs)} Conv nodes, the fastest "
+              f"{row['fastest_conv_us']:.0f} us; floor with these convs {row['floor_us']:.0f} us", flush=True)
     return out
 
 

@@ -288,7 +288,8 @@ def test_numpy_cp_als_with_symmetric_grams_follows_the_backend_loop() -> None:
 @settings(max_examples=30, deadline=None)
 @given(R=st.integers(1, 12), P=st.integers(1, 40), seed=st.integers(0, 2**16), singular=st.booleans())
 def test_direct_lapack_solve_is_scipys_cholesky(R: int, P: int, seed: int, singular: bool) -> None:
-    """_solve's direct potrf / potrs calls give scipy's cho_factor / cho_solve result, bitwise; a matrix that
+    """_solve's direct potrf / potrs calls give scipy's cho_factor / cho_solve result, bitwise (with at least
+    R right-hand sides: the Cholesky inverse times M, the same solution to rounding); a matrix that
     is not positive definite falls back to an LU solve, as before."""
     from scipy.linalg import cho_factor, cho_solve
 
@@ -304,8 +305,12 @@ def test_direct_lapack_solve_is_scipys_cholesky(R: int, P: int, seed: int, singu
     elif singular:
         np.testing.assert_array_equal(got, np.linalg.solve(V.T, M.T).T)
     else:
-        np.testing.assert_array_equal(got, cho_solve(cho_factor(V.T, check_finite=False), M.T,
-                                                     check_finite=False).T)
+        want = cho_solve(cho_factor(V.T, check_finite=False), M.T, check_finite=False).T
+        if P >= R:  # potri + symm: the same solution, to the rounding of the (well conditioned) system
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * float(np.max(np.abs(want))))
+            np.testing.assert_allclose(got @ V, M, rtol=0, atol=1e-8 * float(np.max(np.abs(M))))
+        else:
+            np.testing.assert_array_equal(got, want)
 
 
 @settings(max_examples=25, deadline=None)
@@ -387,3 +392,153 @@ def test_shared_projection_is_the_leading_rows_of_vt_m(m: int, extra: int, r: in
     assert P is not None and P_all is not None
     np.testing.assert_allclose(P[0], got[0][0].T @ M[0], atol=1e-12 * np.abs(M).sum())
     np.testing.assert_array_equal(P, P_all[:, :r])
+
+
+# --- issue 16, third pass: place-matched views, the fit's own error, tall problems on their QR -------------
+def test_views_of_the_frozen_weight_are_matched_by_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within shared_eigh(frozen=W), a view into W is found again by where it lies, with no comparison of
+    contents, and gets exactly the values a content match (and a block without ``frozen``) gives."""
+    import sekron.linalg.svd as svd
+
+    W = np.random.default_rng(3).standard_normal((8, 6, 5))
+    with shared_eigh(W.size):
+        plain = gram_top(W.reshape(1, 8, 30), 3)
+        plain_proj = svd.shared_projection(W.reshape(1, 8, 30), 3)
+    calls = []
+    real_equal = np.array_equal
+    monkeypatch.setattr(svd.np, "array_equal", lambda a, b: calls.append(1) or real_equal(a, b))
+    with shared_eigh(W.size, frozen=W):
+        first = gram_top(W.reshape(1, 8, 30), 3)
+        n = len(calls)
+        again = gram_top(W.reshape(1, 8, 30), 3)  # another view object, the same place
+        proj = svd.shared_projection(W.reshape(1, 8, 30), 3)
+        proj_again = svd.shared_projection(W.reshape(1, 8, 30), 3)
+        assert len(calls) == n  # found by place: nothing compared
+        copied = gram_top(W.reshape(1, 8, 30).copy(), 3)  # not in W's memory: matched by content
+        assert len(calls) > n
+    assert plain is not None and first is not None and again is not None and copied is not None
+    assert plain_proj is not None and proj is not None and proj_again is not None
+    for got in (first, again, copied):
+        for a, b in zip(got[:2], plain[:2]):
+            np.testing.assert_array_equal(a, b)
+        assert got[2:] == plain[2:]
+    np.testing.assert_array_equal(proj, plain_proj)
+    np.testing.assert_array_equal(proj_again, plain_proj)
+
+
+def test_frozen_value_is_computed_once_per_place_only_in_the_block() -> None:
+    from sekron.linalg.svd import frozen_value
+
+    W = np.random.default_rng(4).standard_normal((5, 7))
+    count = []
+
+    def norm() -> float:
+        count.append(1)
+        return float(np.sum(W * W))
+
+    assert frozen_value("n", W, norm) == frozen_value("n", W, norm) and len(count) == 2  # no block
+    with shared_eigh(W.size, frozen=W):
+        values = {frozen_value("n", W, norm), frozen_value("n", W.reshape(7, 5), norm), frozen_value("n", W, norm)}
+        assert len(count) == 4  # W once, its (differently shaped) view once
+        frozen_value("n", W.copy(), norm)
+        frozen_value("n", W.copy(), norm)
+        assert len(count) == 6  # a copy is another array: computed each time
+    assert values == {float(np.sum(W * W))}
+
+
+@pytest.mark.parametrize("pattern", ["chain", "ring", "tucker"])
+def test_decompose_in_a_frozen_block_is_bitwise_the_plain_block(pattern: str) -> None:
+    W = np.random.default_rng(5).standard_normal((12, 6, 3, 3))
+    st_ = getattr(Structure, {"chain": "tt", "ring": "tr", "tucker": "tucker"}[pattern])(W.shape)
+    caps = {c: 2 + i for i, c in enumerate(st_.bond_labels)}
+    out = []
+    for frozen in (None, W):
+        with shared_eigh(W.size, frozen=frozen), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out.append([decompose(W, st_, rank=caps, return_error=True) for _ in range(2)])
+    for (sk_a, e_a), (sk_b, e_b) in zip(out[0], out[1]):
+        assert e_a == e_b
+        for fa, fb in zip(sk_a.factors, sk_b.factors):
+            np.testing.assert_array_equal(np.asarray(fa), np.asarray(fb))
+
+
+@settings(max_examples=20, deadline=None)
+@given(extra=st.lists(st.integers(2, 4), min_size=2, max_size=3), rows=st.integers(2, 5), R=st.integers(1, 6),
+       extrapolate=st.booleans(), seed=st.integers(0, 2**16))
+def test_tall_cp_problem_runs_on_its_qr_compression(extra: list[int], rows: int, R: int, extrapolate: bool,
+                                                    seed: int) -> None:
+    """A CP problem whose largest mode is TALL times the product of the others or more is fitted on its
+    QR-compressed tensor: the same ALS iterates as on T itself, to rounding; the fit's own error is the
+    reconstruction's."""
+    import math
+
+    p = math.prod(extra)
+    shape = (sc.TALL * p * rows, *extra)
+    rng = np.random.default_rng(seed)
+    T = _known_rank(shape, 3, seed) + 0.1 * rng.standard_normal(shape)
+    assert sc._compressed(T) is not None and sc._compressed(T[: p * sc.TALL - 1]) is None
+    info: dict[str, float] = {}
+    small = sc.fast_als(T, R, 10, tol=0.0, extrapolate=extrapolate, info=info)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sc, "TALL", math.inf)
+        assert sc._compressed(T) is None
+        plain = sc.fast_als(T, R, 10, tol=0.0, extrapolate=extrapolate)
+    for a, b in zip(small, plain):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7 * float(np.max(np.abs(b))))
+    assert abs(info["error"] - _rel(T, small)) <= 1e-9
+    assert abs(_rel(T, small) - _rel(T, plain)) <= 1e-9
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(2, 6), min_size=3, max_size=4), R=st.integers(1, 5), sweeps=st.integers(1, 12),
+       extrapolate=st.booleans(), seed=st.integers(0, 2**16))
+def test_cp_als_info_is_the_reconstruction_error(shape: list[int], R: int, sweeps: int, extrapolate: bool,
+                                                 seed: int) -> None:
+    """cp_als(info=...) reports the relative error of the factors it returns (the last sweep's MTTKRP and the
+    Grams without the ridge), whichever of the plain or the extrapolated factors it kept."""
+    from sekron.linalg.als import cp_als, dense_mttkrp
+
+    rng = np.random.default_rng(seed)
+    T = rng.standard_normal(tuple(shape))
+    start = [rng.standard_normal((d, R)) for d in shape]
+    info: dict[str, float] = {}
+    U = cp_als(dense_mttkrp(T), start, float(np.sum(T * T)), sweeps, 0.0, extrapolate=extrapolate, info=info)
+    assert abs(info["error"] - _rel(T, U)) <= 1e-9
+    assert "error" not in (none := {}) and cp_als(dense_mttkrp(T), start, 1.0, 0, 0.0, info=none) == start
+
+
+def test_cp_family_errors_are_decomposes_and_tiny_ones_are_replayed() -> None:
+    """A cp family's errors come from the fits themselves (no reconstruction), equal to decompose's to rounding;
+    below REPLAY_BELOW they are decompose's own, bitwise."""
+    rng = np.random.default_rng(6)
+    st_ = Structure([(6, 1, 1, 1), (1, 5, 1, 1), (1, 1, 3, 3)], "cp")
+    W = rng.standard_normal((6, 5, 3, 3))
+    exact = _known_rank((6, 5, 9), 2, 7).reshape(6, 5, 3, 3)
+    for weight, tiny in ((W, False), (exact, True)):
+        fam = sc.cp_family(weight, st_, [2, 4])
+        for i in range(len(fam.params)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                sk, err = decompose(weight, fam.structure, return_error=True, **fam.options(i))
+            assert sk.n_params == fam.params[i] and list(sk.rank.values()) == list(fam.ranks[i])
+            if tiny:
+                assert fam.err[i] < sc.REPLAY_BELOW and err == fam.err[i]
+            else:
+                assert fam.err[i] >= sc.REPLAY_BELOW and abs(err - fam.err[i]) <= 1e-12
+
+
+def test_one_fit_per_cp_problem_within_a_search_without_a_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    W = np.random.default_rng(8).standard_normal((6, 5, 3, 3))
+    a = Structure([(6, 1, 1, 1), (1, 5, 1, 1), (1, 1, 3, 3)], "cp")
+    b = Structure([(1, 5, 1, 1), (1, 1, 3, 3), (6, 1, 1, 1)], "cp")  # the same CP problem
+    fits = []
+    real = sc.fast_als
+    monkeypatch.setattr(sc, "fast_als", lambda *args, **kw: fits.append(1) or real(*args, **kw))
+    with shared_eigh(W.size, frozen=W):
+        fa = sc.cp_family(W, a, [2, 4])
+        fb = sc.cp_family(W, b, [2, 4])
+    assert len(fits) == 2  # fitted for the first family only
+    np.testing.assert_array_equal(fa.err, fb.err)
+    fresh = sc.cp_family(W, b, [2, 4])  # outside a search: fitted again (its SVD start not from the shared
+    assert len(fits) == 4                 # eigen-decompositions: the same fit to rounding)
+    np.testing.assert_allclose(fresh.err, fb.err, rtol=1e-12)

@@ -17,7 +17,7 @@ from tensorly.cp_tensor import CPTensor
 
 from .._backend import infer_backend, using
 from .._validation import check_array, check_choice, check_float_dtype, check_int, check_tol, finite_sq_norm, max_abs
-from ..linalg.svd import SVD_FUNCTIONS
+from ..linalg.svd import SVD_FUNCTIONS, frozen_value
 from ..linalg.svd import _eps as gram_eps
 from ..linalg.truncation import Budget
 from ..sekron_tensor import SeKronTensor, _as_structure
@@ -138,7 +138,7 @@ def _decompose(tensor: Any, st: Structure, rank: Any, tol: Any, svd: Any, random
     tol = _check_reachable_tol(tol, tensor.dtype, svd)
     dtype_in = str(tensor.dtype)
     work = _upcast(tensor) if _is_half(dtype_in) else tensor  # half precision: compute in float32
-    peak = max_abs(work, "tensor")
+    peak = frozen_value("max_abs", work, lambda: max_abs(work, "tensor"))  # once per weight within a search
     if peak == 0:  # the zero tensor: exactly rank 1 with zero factors, error 0
         sk0 = _zero_sekron(work, st, caps)
         sk0 = _cast_factors(sk0, tensor) if work is not tensor else sk0
@@ -150,7 +150,7 @@ def _decompose(tensor: Any, st: Structure, rank: Any, tol: Any, svd: Any, random
         if not isinstance(init, str):  # a CP start for W is one for W / scale once its weights are scaled too
             weights, init_factors = init
             options = {**options, "init": CPTensor((weights / scale, list(init_factors)))}
-    sq_norm = finite_sq_norm(work, "tensor")
+    sq_norm = frozen_value("sq_norm", work, lambda: finite_sq_norm(work, "tensor"))
 
     norm = math.sqrt(sq_norm)
     budget = Budget.make(tol, norm, _n_cuts(st))

@@ -26,9 +26,10 @@ SVDFunction = Callable[..., tuple[Any, Any, Any]]
 OVERSAMPLING = 10
 #: a randomized SVD pays off only when its sketch is at most this fraction of the smaller side
 SKETCH_FRACTION = 0.5
-#: computing only the leading eigenpairs of a Gram matrix (:func:`gram_top`) pays when they
-#: are fewer than this fraction of all
-PARTIAL_EIGH_FRACTION = 0.5
+#: computing only the leading eigenpairs of a Gram matrix (:func:`gram_top`, LAPACK syevr with an index range)
+#: pays when they are fewer than this fraction of all; beyond it the full divide-and-conquer syevd is faster
+#: (one core, n = 128 to 768: syevr for the top 25% takes 1.6 to 3 times syevd's time, docs/speed.md)
+PARTIAL_EIGH_FRACTION = 0.1
 #: :func:`shared_eigh` serves only Gram matrices up to this size (beyond it a full eigen-decomposition
 #: costs more than the partial ones it replaces)
 SHARED_EIGH_MAX = 1536
@@ -173,7 +174,7 @@ _SHARED: contextvars.ContextVar[tuple[int, dict[Any, Any]] | None] = contextvars
 
 
 @contextlib.contextmanager
-def shared_eigh(min_size: int) -> Iterator[None]:
+def shared_eigh(min_size: int, frozen: np.ndarray | None = None) -> Iterator[None]:
     """Within this block, :func:`gram_top` of any real numpy matrix with at least ``min_size`` entries
     is the leading part of one full eigen-decomposition of its Gram matrix, computed once per content.
 
@@ -187,6 +188,11 @@ def shared_eigh(min_size: int) -> Iterator[None]:
     result of a call never depends on which calls came before it (the stored decomposition is
     always the full one), so a search that skips some calls (a warm cache) returns the same values.
 
+    ``frozen``: an array (the searched weight) that nothing writes to while the block runs. A matrix that
+    is a view into its memory is then recognised by where it lies (address, shape, strides, dtype) once it
+    has been seen, without comparing its contents again: the same place in unchanged memory holds the same
+    values. Every other matrix is matched by content.
+
     Examples
     --------
     >>> import numpy as np
@@ -197,7 +203,8 @@ def shared_eigh(min_size: int) -> Iterator[None]:
     >>> bool(np.array_equal(lam4[0, :2], lam2[0])), bool(np.allclose(lam2, gram_top(M, 2)[1]))
     (True, True)
     """
-    token = _SHARED.set((int(min_size), {}))
+    store: dict[Any, Any] = {} if frozen is None else {_FROZEN: _owner(frozen)}
+    token = _SHARED.set((int(min_size), store))
     try:
         yield
     finally:
@@ -222,19 +229,82 @@ def _shared_eigh(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float] | 
     active = _SHARED.get()
     if active is None or not shares_eigh(M[None]):
         return None
-    A = np.ascontiguousarray(M)
-    key = _fingerprint(A, active[1])  # equality is checked below
-    for stored, got in active[1].get(key, []):
-        if np.array_equal(stored, A):
-            return got
-    from scipy.linalg import eigh
 
-    G, tall = _gram(A)
-    trace = float(np.trace(G))
-    lam, V = eigh(G, overwrite_a=True, check_finite=False)
-    got = (np.ascontiguousarray(V[:, ::-1]), np.ascontiguousarray(lam[::-1]), tall, trace)
-    active[1].setdefault(key, []).append((A.copy() if A is M else A, got))
-    return got
+    def compute(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float]:
+        from scipy.linalg import eigh
+
+        G, tall = _gram(A)
+        trace = float(np.trace(G))
+        lam, V = eigh(G, overwrite_a=True, check_finite=False)
+        return np.ascontiguousarray(V[:, ::-1]), np.ascontiguousarray(lam[::-1]), tall, trace
+
+    return _memoised(active[1], "eigh", M, compute)  # type: ignore[no-any-return]
+
+
+_FROZEN = "\0frozen"
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    """The array that owns ``a``'s memory (``a`` itself, or the last array of its ``base`` chain)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def shared_result(kind: str, M: np.ndarray, compute: Callable[[np.ndarray], Any]) -> Any:
+    """``compute(M)`` (a function of the contents of the numpy matrix ``M`` only), computed once per content of
+    ``M`` within an active :func:`shared_eigh` block (the same value object is handed out again: callers must
+    not alter it); outside a block, ``compute(M)`` each time."""
+    active = _SHARED.get()
+    if active is None:
+        return compute(M)
+    return _memoised(active[1], kind, M, compute)
+
+
+def _place(A: np.ndarray, kind: str) -> tuple[Any, ...]:
+    return ("place", kind, A.__array_interface__["data"][0], A.shape, A.strides, A.dtype.str)
+
+
+def frozen_value(kind: str, A: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, a function of the contents of ``A`` only, computed once per place for a view into the
+    active :func:`shared_eigh` block's frozen array (the searched weight: the norms that every ``decompose``
+    of it checks); outside such a block, or for any other array, ``compute()`` each time."""
+    active = _SHARED.get()
+    store: dict[Any, Any] = {} if active is None else active[1]
+    frozen = store.get(_FROZEN)
+    if frozen is None or not isinstance(A, np.ndarray) or _owner(A) is not frozen:
+        return compute()
+    place = _place(A, kind)
+    if place not in store:
+        store[place] = compute()
+    return store[place]
+
+
+def _memoised(store: dict[Any, Any], kind: str, M: np.ndarray, compute: Callable[[np.ndarray], Any]) -> Any:
+    """``compute(A)`` for ``A``, the contiguous ``M``, once per content within the :func:`shared_eigh` block.
+
+    Matched by :func:`_fingerprint`, then by whole contents; a view into the block's frozen array is also
+    matched by its place in that memory (no comparison), once it has been seen.
+    """
+    A = np.ascontiguousarray(M)
+    frozen = store.get(_FROZEN)
+    place = None
+    if frozen is not None and _owner(A) is frozen:
+        place = _place(A, kind)
+        got = store.get(place)
+        if got is not None:
+            return got
+    key = (kind, *_fingerprint(A, store))  # equality is checked below
+    found = [v for stored, v in store.get(key, []) if np.array_equal(stored, A)][:1]
+    if found:
+        value = found[0]
+    else:
+        value = compute(A)
+        # kept for the comparison: a copy, unless A lies in the frozen array (then it cannot change)
+        store.setdefault(key, []).append((A.copy() if A is M and place is None else A, value))
+    if place is not None:
+        store[place] = value
+    return value
 
 
 def shared_projection(M: Any, rank: int) -> np.ndarray | None:
@@ -248,17 +318,11 @@ def shared_projection(M: Any, rank: int) -> np.ndarray | None:
     active = _SHARED.get()
     if active is None or not shares_eigh(M) or int(M.shape[1]) > int(M.shape[2]):
         return None
-    A = np.ascontiguousarray(M[0])
-    full = _shared_eigh(A)
+    full = _shared_eigh(M[0])
     if full is None:
         return None
-    key = ("proj", *_fingerprint(A, active[1]))
-    for stored, P in active[1].get(key, []):
-        if np.array_equal(stored, A):
-            return P[None, :rank].copy()
-    P = full[0].T @ A
-    active[1].setdefault(key, []).append((A.copy() if A is M[0] else A, P))
-    return P[None, :rank].copy()
+    P = _memoised(active[1], "proj", M[0], lambda A: full[0].T @ A)
+    return P[None, :rank].copy()  # type: ignore[no-any-return]
 
 
 def _shared_svd(M: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -268,13 +332,7 @@ def _shared_svd(M: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if active is None or not isinstance(M, np.ndarray) or M.ndim != 3 or int(M.shape[0]) != 1 \
             or M.size < active[0] or M.dtype.kind != "f":
         return None
-    A = np.ascontiguousarray(M)
-    key = ("svd", *_fingerprint(A, active[1]))
-    for stored, got in active[1].get(key, []):
-        if np.array_equal(stored, A):
-            return got[0].copy(), got[1].copy(), got[2].copy()
-    U, s, Vh = np.linalg.svd(A, full_matrices=False)
-    active[1].setdefault(key, []).append((A.copy() if A is M else A, (U, s, Vh)))
+    U, s, Vh = _memoised(active[1], "svd", M[0], lambda A: tuple(np.linalg.svd(A[None], full_matrices=False)))
     return U.copy(), s.copy(), Vh.copy()
 
 

@@ -43,7 +43,8 @@ import numpy as np
 Entry = dict[str, np.ndarray]
 
 #: layout version of the on-disk cache (bumped when keys or entries change meaning)
-VERSION = 3  # 3: CP fits with the dimension-tree MTTKRP of _scoring._TreeMTTKRP (values move in the last bits)
+VERSION = 4  # 3: CP fits with the dimension-tree MTTKRP of _scoring._TreeMTTKRP (values move in the last bits);
+#             4: CP fits of tall problems on their QR-compressed tensor (_scoring._compressed; the last bits again)
 
 
 def weight_hash(W: np.ndarray) -> str:
@@ -259,11 +260,22 @@ def _plain(value: Any) -> Any:
 def memo(kind: str, A: np.ndarray, args: Mapping[str, Any], compute: Callable[[], Entry]) -> Entry:
     """``compute()``, or its stored result for the same content of ``A`` and the same ``args``.
 
-    Without an active cache (:meth:`SearchCache.using`, or a worker's :class:`Memo`) it just computes.
+    Without an active cache (:meth:`SearchCache.using`, or a worker's :class:`Memo`) it just computes,
+    except the CP fits (``kind`` ``cp``): those are still computed once per content of ``A`` and ``args``
+    within one search (the block of :func:`sekron.linalg.svd.shared_eigh` that the search runs in), as a
+    worker's Memo does, so that a layer's two families that are one CP problem are fitted once.
     """
     m = _ACTIVE.get()
-    if m is None:
+    if m is None and kind != "cp":
         return compute()
+    if m is None:
+        from ..linalg.svd import shared_result
+
+        fits: dict[str, Entry] = shared_result(kind, A, lambda _: {})  # one table (and one kept copy) per content
+        call = json.dumps(_plain(dict(args)), sort_keys=True)
+        if call not in fits:
+            fits[call] = {k: np.asarray(v) for k, v in compute().items()}
+        return fits[call]
     key = kind + ":" + m.array_hash(A)[:16] + ":" + json.dumps(_plain(dict(args)), sort_keys=True)
     got = m.known.get(key)
     if got is None:

@@ -40,7 +40,7 @@ import numpy as np
 from .._backend import using
 from ..decomposition import decompose
 from ..linalg.als import MTTKRP, cp_als
-from ..linalg.svd import gram_eigvalsh, gram_top
+from ..linalg.svd import gram_eigvalsh, gram_top, shared_result
 from ..structure import Structure
 from . import _baselines as bl
 from ._cache import memo
@@ -58,6 +58,12 @@ ALS_FLOPS = 1.0e9
 #: from the fit an octave below (:func:`octave_ranks`): at 4x (ladder octaves 4 to 1) this is the chain of a
 #: ladder that starts at its smallest rank, and the fits of 8x and 2x share all but one octave with it
 CHAIN_ROOT = 4
+#: a CP problem whose largest mode is at least this many times the product of the others is fitted on its
+#: QR-compressed tensor (:func:`_compressed`; below it the QR costs more than the sweeps it shortens)
+TALL = 2
+#: a cp fit whose relative error (from its last ALS sweep, exact to rounding relative to ``||T||``) is below this
+#: is replayed by ``decompose`` for its error (a reconstruction): there the rounding of ``||T||^2`` would matter
+REPLAY_BELOW = 1e-3
 #: columns of the randomized sketch that screens large S = 2 grids
 SKETCH = 32
 #: TT / TR / Tucker rank profiles (the target ``t`` of :func:`sekron.structure_search._baselines.profile`):
@@ -312,13 +318,19 @@ def leading_vectors(M: np.ndarray, R: int) -> np.ndarray:
 
 def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
              init: Sequence[np.ndarray] | None = None, deadline: float | None = None,
-             extrapolate: bool = False) -> list[np.ndarray]:
+             extrapolate: bool = False, info: dict[str, float] | None = None) -> list[np.ndarray]:
     """CP-ALS on T (numpy), SVD-initialised (or from ``init``, factors (P_k, R)); returns factors (P_k, R),
     weights folded in.
 
     Stops after ``n_iter`` sweeps or when the relative error changes by less than ``tol``
     (:func:`sekron.linalg.als.cp_als`, with the dimension-tree MTTKRP of :func:`_tree_mttkrp`).
     With ``deadline`` (a ``time.perf_counter()`` value) it also stops after the sweep that passes it.
+    With ``info`` (a dict), ``info["error"]`` receives the relative error of the returned factors, from the
+    last sweep (:func:`sekron.linalg.als.cp_als`).
+
+    A tall problem, whose largest mode ``L`` is :data:`TALL` times the product ``p`` of the others or more, runs on
+    its QR-compressed tensor (:func:`_compressed`): the same ALS iterates up to rounding, on ``p`` rows
+    instead of ``P_L`` per sweep.
     """
     rng = np.random.default_rng(0)
     facs = [np.array(f, dtype=float) for f in init] if init is not None else []
@@ -328,10 +340,42 @@ def fast_als(T: np.ndarray, R: int, n_iter: int, tol: float = 1e-6,
         if U.shape[1] < R:
             U = np.concatenate([U, rng.standard_normal((P, R - U.shape[1])) / math.sqrt(P)], axis=1)
         facs.append(U)
+    norm_sq = float(np.sum(T * T))
+    small = _compressed(T)
+    if small is not None:
+        Q, core, L = small
+        mttkrp, order = _tree_mttkrp(core)
+        facs[L] = Q.T @ facs[L]  # (not used: mode L is updated first, from the other factors)
+        with using("numpy"):
+            out = cp_als(mttkrp, facs, norm_sq, n_iter, tol, order, deadline=deadline, extrapolate=extrapolate,
+                         info=info)
+        out[L] = Q @ out[L]
+        return out
     mttkrp, order = _tree_mttkrp(T)
     with using("numpy"):
-        return cp_als(mttkrp, facs, float(np.sum(T * T)), n_iter, tol, order, deadline=deadline,
-                      extrapolate=extrapolate)
+        return cp_als(mttkrp, facs, norm_sq, n_iter, tol, order, deadline=deadline, extrapolate=extrapolate,
+                      info=info)
+
+
+def _compressed(T: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """``(Q, C, L)`` with ``T_(L) = Q C_(L)`` (thin QR of the mode-``L`` unfolding, ``Q`` of shape
+    ``(P_L, p)``) when T's largest mode ``L`` is at least :data:`TALL` times the product ``p`` of the others;
+    else None.
+
+    CP-ALS on ``C`` is CP-ALS on ``T`` with mode ``L``'s factor ``Q U_L``: the ALS update of ``U_L``
+    (``T_(L) K V^{-1}``, updated first in each sweep) lies in the range of ``Q``, and the other modes see
+    mode ``L`` only through ``U_L^T T_(L) = (Q^T U_L)^T C_(L)`` and ``U_L^T U_L``.
+    """
+    L = int(np.argmax(T.shape))
+    p = T.size // T.shape[L]
+    if T.shape[L] < TALL * p:
+        return None
+    # one QR per content within a search (the ranks of a ladder fit the same tensor)
+    Q, C = shared_result("qr", np.moveaxis(T, L, 0).reshape(T.shape[L], p), np.linalg.qr)
+    core = np.ascontiguousarray(np.moveaxis(C.reshape((p, *(d for k, d in enumerate(T.shape) if k != L))), 0, L))
+    if int(np.argmax(core.shape)) != L:  # another mode as long as p (the others of size 1): the plain tree
+        return None
+    return Q, core, L
 
 
 def _khatri_rao(facs: Sequence[np.ndarray]) -> np.ndarray:
@@ -538,7 +582,11 @@ def cp_family(W: np.ndarray, st: Structure, ranks: Sequence[int], octaves: bool 
                 options: dict[str, Any] = {"rank": R}
             else:
                 start = (warm_start(Tc, prev, R) if prev is not None else svd_start(R) if R <= root else None)
-                canon = fast_als(Tc, R, n_iter, init=start, extrapolate=n_iter >= EXTRAPOLATE_FROM)
+                info: dict[str, float] = {}
+                canon = fast_als(Tc, R, n_iter, init=start, extrapolate=n_iter >= EXTRAPOLATE_FROM, info=info)
+                if info.get("error", 0.0) >= REPLAY_BELOW:  # the fit's own error: no reconstruction needed
+                    return {"params": st.n_params({"a": R}), "err": info["error"], "rank": [R]} | {
+                        f"f{k}": f for k, f in enumerate(canon)}
                 options = {"rank": R, "init": CPTensor((np.ones(R), in_st_order(canon))), "n_iter_max": 0}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # tensorly's SVD init clipping its n_eigenvecs

@@ -339,8 +339,9 @@ def families(W: np.ndarray, budget: float, n_factors: Sequence[int], patterns: S
     admitted, refined and fitted by ALS); ``budget`` still sets the cp ranks.
     """
     # numpy throughout, whatever tensorly's global backend; each full-size unfolding's Gram matrix is
-    # solved once and shared by every truncation of it (rank caps, SVD starts of the ALS, level-1 splits)
-    with single_blas_thread(), using("numpy"), shared_eigh(W.size):
+    # solved once and shared by every truncation of it (rank caps, SVD starts of the ALS, level-1 splits); the
+    # search never writes to W, so its views are matched by where they lie (shared_eigh's ``frozen``)
+    with single_blas_thread(), using("numpy"), shared_eigh(W.size, frozen=W):
         return _families(W, budget, n_factors, patterns, baselines, ladder, spectrum_top, octaves,
                          budget if select is None else float(select))
 
