@@ -596,7 +596,8 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
             model, [layer.name for layer in chosen], frontiers, lambda n, c: build(by_name[n], c), batches,
             progress=lambda it: show_progress(it, desc="sekron sensitivity", enabled=progress),
             fit_steps=sensitivity_steps if objective == "output" else 0, solver=solver,
-            max_samples=max_samples, seed=seed, families=families, structures=structures)
+            max_samples=max_samples, seed=seed, families=families, structures=structures,
+            patterns=budget == "params")  # per-pattern frontiers are priced in parameters
     if budget == "macs" and sum(int(f.cost[0]) for f in alloc_frontiers) > room:
         stuck = [layer.name for layer, f in zip(chosen, alloc_frontiers) if f.refs[0] is None]
         raise ValueError(f"ratio {ratio} of the deployed MACs is out of reach: even the cheapest deployments leave "
