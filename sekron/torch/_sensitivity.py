@@ -91,11 +91,11 @@ def _merged(fronts: Sequence[Frontier], dense: int) -> Frontier:
 
 
 def _pattern_frontiers(f: Frontier, families: Sequence[Any]) -> list[tuple[Frontier, list[Any]]]:
-    """Per bond pattern of ``families`` (grouped by :func:`_pattern`): its parameter frontier below ``f.dense``,
-    and its families."""
+    """Per bond pattern of ``families`` (grouped by :func:`_pattern`, a classical baseline apart from the SeKron
+    structures of its pattern): its parameter frontier below ``f.dense``, and its families."""
     groups: dict[str, list[Any]] = {}
     for fam in families:
-        groups.setdefault(_pattern(fam), []).append(fam)
+        groups.setdefault(f"{_pattern(fam)}/{fam.baseline or 'sekron'}", []).append(fam)
     return [(Frontier.from_families(g, f.dense), g) for g in groups.values()]
 
 
@@ -251,7 +251,7 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
         dense = work.get_submodule(name)
         fams = families[j] if families is not None else None
         fronts: list[tuple[Frontier, Sequence[Any] | None]] = [(f, fams)]
-        if PATTERNS and patterns and fams is not None and len({_pattern(fam) for fam in fams}) > 1:
+        if PATTERNS and patterns and fams is not None and len({(_pattern(fam), fam.baseline) for fam in fams}) > 1:
             fronts = list(_pattern_frontiers(f, fams))
         todo = [(g, gf, i) for g, gf in fronts for i in _ladder(g, ratios) if g.refs[i] is not None]
         partial = replay is not None and bool(todo) and replay.prepare(name)
