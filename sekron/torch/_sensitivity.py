@@ -12,8 +12,10 @@ greedy on the convex hulls, then a fill pass), in the spirit of AIMET's greedy
 compression-ratio selection.
 
 With the layers' scored structures (``families``) and ``patterns``, the damage is measured
-along each bond pattern's own frontier (:data:`PATTERNS`): the weight-error frontier, a
-union over patterns, drops most points of a pattern whose sizes damage the output less.
+along each bond pattern's own frontier (:data:`PATTERNS`; a classical baseline, e.g. CP,
+apart from the SeKron structures of its pattern): the weight-error frontier, a union over
+patterns, drops most points of a pattern whose sizes damage the output less. Each
+pattern's unmeasured points are interpolated between its own measured points only.
 
 On a ``torch.fx.GraphModule`` (onnx2torch's output, or a traced model) each measurement
 recomputes only the graph downstream of the swapped layer (:class:`_Replay`, ``REPLAY``),
