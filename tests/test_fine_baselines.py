@@ -20,7 +20,9 @@ def _points(fams: list, baseline: str) -> dict[tuple, float]:
 
 
 @pytest.mark.parametrize("ratio", [4, 10])
-def test_sekron_holds_every_baseline_point_of_the_single_format_methods(ratio: int) -> None:
+def test_sekron_holds_every_baseline_point_of_the_single_format_methods(ratio: int,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_layer, "FINE_BASELINES", True)
     sek = _layer.layer_families(W, W.size / ratio, "sekron")
     for method in ("cp", "tt", "tucker"):
         own = _points(_layer.layer_families(W, W.size / ratio, method), method)
@@ -31,6 +33,7 @@ def test_sekron_holds_every_baseline_point_of_the_single_format_methods(ratio: i
 
 
 def test_without_fine_baselines_sekron_has_fewer_baseline_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_layer, "FINE_BASELINES", True)
     fine = _points(_layer.layer_families(W, W.size / 10, "sekron"), "cp")
     monkeypatch.setattr(_layer, "FINE_BASELINES", False)
     coarse = _points(_layer.layer_families(W, W.size / 10, "sekron"), "cp")

@@ -40,8 +40,10 @@ RATIOS = tuple(float(r) for r in np.geomspace(1.25, 128.0, 13))
 #: on a ``torch.fx.GraphModule`` (e.g. from onnx2torch), recompute only the graph downstream of the replaced layer
 REPLAY = True
 #: with the layers' families (and a parameter budget), measure the damage along each bond pattern's own
-#: frontier too (:func:`sensitivity_frontiers`): up to ``len(RATIOS)`` measurements per pattern and layer
-PATTERNS = True
+#: frontier too (:func:`sensitivity_frontiers`): up to ``len(RATIOS)`` measurements per pattern and layer.
+#: Off by default: on Fashion-MNIST ResNet-8 (docs/results.md) it chose the same 10x model at 2.3x the
+#: sensitivity time, and 71.60 against 72.24 at 20x
+PATTERNS = False
 
 
 def _ladder(f: Frontier, ratios: Sequence[float]) -> list[int]:

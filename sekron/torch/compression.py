@@ -359,9 +359,9 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         "error": least sum of squared relative weight errors for the budget (module
         docstring); "uniform": the same per-layer ratio everywhere; "sensitivity": least
         sum of measured network-output damages, each layer compressed alone at a ladder
-        of ratios (needs ``calibration``); with ``budget="params"`` and several bond patterns
-        (``method="sekron"``) along each pattern's own frontier
-        (:data:`sekron.torch._sensitivity.PATTERNS`: about the number of patterns times the
+        of ratios (needs ``calibration``); with ``budget="params"``, several bond patterns
+        (``method="sekron"``) and :data:`sekron.torch._sensitivity.PATTERNS` set (off by
+        default), along each pattern's own frontier (about the number of patterns times the
         measurements). Default: "sensitivity" with calibration, else "error".
     calibration : tensor or iterable of batches, optional
         Unlabeled model inputs: a tensor ``(N, ...)`` (split into ``batch_size`` batches),

@@ -56,7 +56,8 @@ def _measure(patterns: bool) -> tuple[Frontier, list]:
     return out[0], built
 
 
-def test_a_pattern_dominated_in_weight_error_is_measured_and_chosen() -> None:
+def test_a_pattern_dominated_in_weight_error_is_measured_and_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sens, "PATTERNS", True)
     _, _, f, damage = _setup()
     assert f.params.tolist() == [20, 40, 60, 80, 256]  # chain's points are all dominated in weight error
     old, built_old = _measure(False)
@@ -79,11 +80,8 @@ def test_a_pattern_dominated_in_weight_error_is_measured_and_chosen() -> None:
     assert int(old.params[i_old]) == 40 and old.err2[i_old] == pytest.approx(0.3, rel=1e-5)
     assert int(new.params[i_new]) == 44 and new.err2[i_new] == pytest.approx(0.05, rel=1e-5)
     # the module switch turns it off
-    try:
-        sens.PATTERNS = False
-        off, _ = _measure(True)
-    finally:
-        sens.PATTERNS = True
+    monkeypatch.setattr(sens, "PATTERNS", False)
+    off, _ = _measure(True)
     assert off.params.tolist() == old.params.tolist() and np.allclose(off.err2, old.err2)
 
 
@@ -98,6 +96,7 @@ def test_compress_passes_patterns_only_with_a_parameter_budget(monkeypatch: pyte
         return out
 
     monkeypatch.setattr(comp, "sensitivity_frontiers", spy)
+    monkeypatch.setattr(sens, "PATTERNS", True)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
     x = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(1))
