@@ -14,9 +14,15 @@ of the x4 output against the uncompressed model's on centre crops of the other p
 time of the calibrated compress, the part of it spent streaming Gram matrices (forward
 passes) and the peak resident memory (``VmHWM``, reset before each run). The per-layer
 search goes through ``compress(cache_dir=--cache-dir)``, so repeating a method costs only
-the fits. Run::
+the fits. ``--save-dir`` keeps every compressed model; ``--load`` evaluates saved ones instead
+of compressing. ``--distill-epochs N`` then fine-tunes every model against the dense one with
+``sekron.torch.distill`` (MSE on the x4 outputs, no labels, teacher outputs computed once):
+on ``--distill-crops`` random crops of the calibration photos only (another seed than the
+calibration crops), a ``--distill-holdout`` fraction of them held out to choose the epoch;
+the evaluation PSNR after every epoch is reported, never used. Run::
 
     python benchmarks/calibration_sr_whole.py --whole --methods tt --ratios 4
+    python benchmarks/calibration_sr_whole.py --whole --load MODEL.pt --distill-epochs 8 --distill-crops 256
     python benchmarks/calibration_sr_whole.py --blocks 1 --methods tt --group-bytes 0 67108864 1000000000
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import gc
 import importlib
@@ -42,7 +49,7 @@ from calibration_digits import peak_mib, reset_peak
 from calibration_sr import random_crops
 from super_resolution import build_realesrgan, photos, psnr, save_crops
 
-from sekron.torch import compress
+from sekron.torch import compress, distill
 from sekron.torch.calibrate import run_with_hooks
 
 compress_module = importlib.import_module("sekron.torch.compression")
@@ -145,8 +152,67 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     compress_module.stream_group_grams = timer  # type: ignore[assignment]
     fit_memory = FitMemory()
     compress_module._fit_outputs = fit_memory  # type: ignore[assignment]
-    rows = []
-    for ratio in args.ratios:
+    rows: list[dict[str, Any]] = []
+
+    def record(small: torch.nn.Module, row: dict[str, Any], layer_rows: list[dict[str, Any]]) -> None:
+        """PSNR on the evaluation photos, stage errors, crops, the saved model; appends ``row`` to the outputs."""
+        with torch.no_grad():
+            outs = {n: small(lr) for n, lr in evals}
+        row["psnr"] = float(np.mean([psnr(outs[n], ref[n]) for n in outs]))
+        rows.append(row)
+        stages = {k: stage_errors(d, small, eval_x if k == "eval" else cal) for k, d in dense_stages.items()}
+        row["stage_error_eval"] = {k: round(v, 4) for k, v in stages["eval"].items()}
+        with open(args.out / f"{args.tag}_layers.jsonl", "a") as fh:
+            fh.write(json.dumps({"method": row["method"], "ratio": row["ratio"], "run": row["run"],
+                                 "layers": layer_rows, "stage_errors": stages}) + "\n")
+        name = f"{row['method']} {row['ratio']:g}x {row['run']}" if row["ratio"] == row["ratio"] else row["run"]
+        crops[row.get("title", name)] = outs[evals[0][0]]
+        if args.save_dir is not None:  # the compressed model, for analyses after the run
+            args.save_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(small, args.save_dir / f"{args.tag}_{name.replace(' ', '_')}.pt")
+        print(json.dumps(row), flush=True)
+        with open(args.out / f"{args.tag}.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        save_crops(crops, args.out / f"{args.tag}.png")
+
+    def distilled(small: torch.nn.Module, row: dict[str, Any]) -> None:
+        """With ``--distill-epochs``: ``distill`` a copy of ``small`` against the dense model, label-free, on
+        ``--distill-crops`` crops of the calibration photos; records it as another row."""
+        if args.distill_epochs <= 0:
+            return
+        data = random_crops(args.calib, args.distill_crops, args.distill_crop or args.lr_crop, args.seed + 1)
+        if args.distill_dihedral:  # each crop flipped / rotated by a random one of the 8 symmetries of the square
+            pick = np.random.default_rng(args.seed + 2).integers(0, 8, len(data))
+            data = torch.stack([torch.rot90(x.flip(-1) if k >= 4 else x, int(k % 4), (-2, -1))
+                                for x, k in zip(data, pick)])
+        history: list[dict[str, Any]] = []
+        student = copy.deepcopy(small)
+
+        def log(epoch: int, held: float | None) -> None:  # evaluation PSNR per epoch: reported, never used
+            with torch.no_grad():
+                got = float(np.mean([psnr(student(lr), ref[n]) for n, lr in evals]))
+            history.append({"epoch": epoch, "held_mse": held, "psnr": got,
+                            "seconds": time.perf_counter() - t0})
+            print(json.dumps(history[-1]), flush=True)
+
+        gc.collect()
+        reset_peak()
+        t0 = time.perf_counter()
+        distill(student, model, data, epochs=args.distill_epochs, lr=args.distill_lr, loss="mse",
+                batch_size=args.distill_batch_size, holdout=args.distill_holdout, schedule=args.distill_schedule,
+                seed=args.seed, cache_teacher=True, progress=args.progress, on_epoch=log,
+                features=args.distill_features, feature_weight=args.distill_feature_weight)
+        new = {**{k: v for k, v in row.items() if k not in ("psnr", "stage_error_eval")},
+               "run": f"{row['run']} + distill {args.distill_epochs} ep.", "seconds": time.perf_counter() - t0,
+               "title": row.get("title", f"{row['method']} {row['ratio']:g}x") + " + distill",
+               "calibration_seconds": None, "stream_seconds": 0.0, "groups": 0, "peak_mib": peak_mib(),
+               "fit_start_mib": float("nan"), "fit_peak_mib": float("nan"), "distill_history": history,
+               "distill": {k: getattr(args, f"distill_{k}") for k in ("epochs", "lr", "crops", "crop", "batch_size",
+                                                                     "holdout", "schedule", "dihedral", "features",
+                                                                     "feature_weight")}}
+        record(student, new, [])
+
+    for ratio in [] if args.load else args.ratios:  # with --load: only the loaded students
         whole = ratio if sub is None else total / (total - sub + sub / ratio)
         for method in args.methods:
             runs: list[tuple[str, dict[str, Any]]] = [] if args.no_weight else [("weight", {})]
@@ -164,35 +230,30 @@ def run(args: Any) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
                 small, rep = compress(model, whole, method=method, include=include, progress=args.progress,
                                       n_jobs=args.n_jobs, cache_dir=args.cache_dir, **extra, **kw)
                 seconds, peak = time.perf_counter() - t0, peak_mib()
-                with torch.no_grad():
-                    outs = {n: small(lr) for n, lr in evals}
                 comp = [r for r in rep if r["status"] == "compressed"]
                 row = {"ratio": ratio, "method": method, "run": label, "layers": len(comp),
                        "model_ratio": rep.totals["ratio"],
                        "layer_ratio": sum(r["params_before"] for r in comp) / sum(r["params_after"] for r in comp),
-                       "psnr": float(np.mean([psnr(outs[n], ref[n]) for n in outs])), "seconds": seconds,
+                       "seconds": seconds,
                        "calibration_seconds": rep.totals["calibration_seconds"], "stream_seconds": timer.seconds,
                        "groups": timer.groups, "peak_mib": peak, "fit_start_mib": fit_memory.start_mib,
                        "fit_peak_mib": fit_memory.peak_mib}
                 if "calibration" in kw:
                     errs = [r["output_error"] for r in rep if "output_error" in r]
                     row["median_layer_output_error"] = float(np.median(errs)) if errs else None
-                rows.append(row)
                 layer_rows = [{k: r.get(k) for k in ("name", "status", "error", "output_error_weight_fit",
                                                      "output_error", "params_before", "params_after")} for r in rep]
-                stages = {k: stage_errors(d, small, eval_x if k == "eval" else cal) for k, d in dense_stages.items()}
-                row["stage_error_eval"] = {k: round(v, 4) for k, v in stages["eval"].items()}
-                with open(args.out / f"{args.tag}_layers.jsonl", "a") as fh:
-                    fh.write(json.dumps({"method": method, "ratio": ratio, "run": label, "layers": layer_rows,
-                                         "stage_errors": stages}) + "\n")
-                crops[f"{method} {ratio:g}x {label}"] = outs[evals[0][0]]
-                if args.save_dir is not None:  # the compressed model, for analyses after the run
-                    args.save_dir.mkdir(parents=True, exist_ok=True)
-                    torch.save(small, args.save_dir / f"{args.tag}_{method}_{ratio:g}x_{label.replace(' ', '_')}.pt")
-                print(json.dumps(row), flush=True)
-                with open(args.out / f"{args.tag}.jsonl", "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                save_crops(crops, args.out / f"{args.tag}.png")
+                record(small, row, layer_rows)
+                distilled(small, row)
+    for path in args.load:  # students saved by an earlier run (--save-dir): evaluated, then distilled
+        small = torch.load(path, weights_only=False)
+        comp = [m for m in small.modules() if m.__class__.__module__.startswith("sekron")]
+        row = {"ratio": float("nan"), "method": "loaded", "run": Path(path).stem, "layers": len(comp),
+               "model_ratio": total / sum(p.numel() for p in small.parameters()), "layer_ratio": float("nan"),
+               "seconds": 0.0, "calibration_seconds": None, "stream_seconds": 0.0, "groups": 0,
+               "peak_mib": float("nan"), "title": f"loaded {Path(path).stem[-24:]}"}
+        record(small, row, [])
+        distilled(small, row)
     return rows, crops
 
 
@@ -233,6 +294,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="calibrated runs with compression.FIT_DRIFT_CORRECTION at each value (1: the plain output fit; "
                         "0: each layer fitted to its dense layer on the actual inputs)")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--load", nargs="+", default=[],
+                   help="evaluate (and distill) these saved students instead of compressing")
+    p.add_argument("--distill-epochs", type=int, default=0,
+                   help="also distill every model against the dense one for N epochs (0: not)")
+    p.add_argument("--distill-lr", type=float, default=1e-4)
+    p.add_argument("--distill-crops", type=int, default=256,
+                   help="distillation inputs: random crops of the --calib photos (seed --seed + 1)")
+    p.add_argument("--distill-crop", type=int, default=0, help="their size (low resolution); 0: --lr-crop")
+    p.add_argument("--distill-batch-size", type=int, default=8)
+    p.add_argument("--distill-holdout", type=float, default=0.25,
+                   help="fraction of the distillation crops held out to choose the epoch")
+    p.add_argument("--distill-schedule", default="cosine", choices=["constant", "cosine"])
+    p.add_argument("--distill-dihedral", action="store_true",
+                   help="each distillation crop flipped/rotated by a random symmetry of the square")
+    p.add_argument("--distill-features", nargs="*", default=[],
+                   help="submodules (e.g. body.5 conv_body) whose outputs are matched too (distill(features=...))")
+    p.add_argument("--distill-feature-weight", type=float, default=1.0)
     p.add_argument("--save-dir", type=Path, default=None, help="torch.save every compressed model there")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

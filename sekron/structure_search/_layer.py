@@ -43,6 +43,12 @@ FINE_LADDER = 25
 #: (:func:`select_budget`): ratios 2 to 8 select the same structures, so compressing again at 2x or 8x after
 #: 4x finds every spectrum, split and fit of those structures in the cache
 SELECT_BAND = 3
+#: method "sekron" scores its classical baselines (tt, tr, cp, tucker) on the same fine ladder as the
+#: single-format methods, so its candidates include every point those methods have (its SeKron structures keep
+#: :data:`LADDER`); the calibrated allocation then sees each baseline's own frontier (sekron.torch._sensitivity).
+#: Off by default: with it (and the per-pattern sensitivity) Fashion-MNIST ResNet-8 calibrated to 84.94 / 70.40 /
+#: 87.58 at 10x / 20x / 5x, against 84.36 / 72.24 / 87.74 without (docs/results.md)
+FINE_BASELINES = False
 SELECT_CENTRE = 2
 
 
@@ -98,8 +104,15 @@ def layer_families(W: np.ndarray, budget: float, method: str) -> list[sc.Family]
     base = anchor(W.size, budget)
     fine = not n_factors
     steps = ladder(W.size, budget, fine=fine)
-    return families(W, base, n_factors, patterns, baselines, ladder=steps, spectrum_top=min(W.size, 8 * base),
-                    octaves=not fine, select=None if fine else select_budget(W.size, budget))
+    split = FINE_BASELINES and not fine and bool(baselines)
+    fams = families(W, base, n_factors, patterns, () if split else baselines, ladder=steps,
+                    spectrum_top=min(W.size, 8 * base), octaves=not fine,
+                    select=None if fine else select_budget(W.size, budget))
+    if split:  # the baselines exactly as the single-format methods score them
+        for b in baselines:
+            fams += families(W, base, (), (), (b,), ladder=ladder(W.size, budget, fine=True),
+                             spectrum_top=min(W.size, 8 * base), octaves=True, select=None)
+    return fams
 
 
 def aligned(a: Any) -> np.ndarray:

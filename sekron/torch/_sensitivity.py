@@ -11,6 +11,12 @@ interpolated between the measured ones, so the budget is spent as finely) (:func
 greedy on the convex hulls, then a fill pass), in the spirit of AIMET's greedy
 compression-ratio selection.
 
+With the layers' scored structures (``families``) and ``patterns``, the damage is measured
+along each bond pattern's own frontier (:data:`PATTERNS`; a classical baseline, e.g. CP,
+apart from the SeKron structures of its pattern): the weight-error frontier, a union over
+patterns, drops most points of a pattern whose sizes damage the output less. Each
+pattern's unmeasured points are interpolated between its own measured points only.
+
 On a ``torch.fx.GraphModule`` (onnx2torch's output, or a traced model) each measurement
 recomputes only the graph downstream of the swapped layer (:class:`_Replay`, ``REPLAY``),
 from values cached by one dense pass per layer: the same outputs as a full pass.
@@ -33,6 +39,11 @@ from .calibrate import _first_tensor, execution_order, fit_layer, stream_grams
 RATIOS = tuple(float(r) for r in np.geomspace(1.25, 128.0, 13))
 #: on a ``torch.fx.GraphModule`` (e.g. from onnx2torch), recompute only the graph downstream of the replaced layer
 REPLAY = True
+#: with the layers' families (and a parameter budget), measure the damage along each bond pattern's own
+#: frontier too (:func:`sensitivity_frontiers`): up to ``len(RATIOS)`` measurements per pattern and layer.
+#: Off by default: on Fashion-MNIST ResNet-8 (docs/results.md) it chose the same 10x model at 2.3x the
+#: sensitivity time, and 71.60 against 72.24 at 20x
+PATTERNS = False
 
 
 def _ladder(f: Frontier, ratios: Sequence[float]) -> list[int]:
@@ -67,6 +78,29 @@ def _interpolated(f: Frontier, pts: Sequence[tuple[int, float, Any]]) -> Frontie
             best = item[1]
     return Frontier(np.asarray([t[0] for t in keep] + [f.dense], dtype=np.int64),
                     np.asarray([t[1] for t in keep] + [0.0]), [t[2] for t in keep] + [None], f.dense)
+
+
+def _merged(fronts: Sequence[Frontier], dense: int) -> Frontier:
+    """The (cost, damage) Pareto set of several frontiers' points of one layer (dense point last, damage 0)."""
+    items = sorted(((int(f.params[i]), float(f.err2[i]), k, f.refs[i]) for k, f in enumerate(fronts)
+                    for i in range(len(f.params)) if f.refs[i] is not None and int(f.params[i]) < dense),
+                   key=lambda t: t[:3])
+    keep, best = [], np.inf
+    for item in items:
+        if item[1] < best:
+            keep.append(item)
+            best = item[1]
+    return Frontier(np.asarray([t[0] for t in keep] + [dense], dtype=np.int64),
+                    np.asarray([t[1] for t in keep] + [0.0]), [t[3] for t in keep] + [None], dense)
+
+
+def _pattern_frontiers(f: Frontier, families: Sequence[Any]) -> list[tuple[Frontier, list[Any]]]:
+    """Per bond pattern of ``families`` (grouped by :func:`_pattern`, a classical baseline apart from the SeKron
+    structures of its pattern): its parameter frontier below ``f.dense``, and its families."""
+    groups: dict[str, list[Any]] = {}
+    for fam in families:
+        groups.setdefault(f"{_pattern(fam)}/{fam.baseline or 'sekron'}", []).append(fam)
+    return [(Frontier.from_families(g, f.dense), g) for g in groups.values()]
 
 
 def _alternatives(f: Frontier, i: int, families: Sequence[Any], count: int) -> list[Any]:
@@ -190,13 +224,26 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
                           build: Callable[[str, Any], nn.Module], batches: Sequence[torch.Tensor],
                           ratios: Sequence[float] = RATIOS, progress: Callable[[Any], Any] = iter,
                           fit_steps: int = 0, solver: str = "als", max_samples: int = 32768, seed: int = 0,
-                          families: Sequence[Sequence[Any]] | None = None, structures: int = 1) -> list[Frontier]:
+                          families: Sequence[Sequence[Any]] | None = None, structures: int = 1,
+                          patterns: bool = False) -> list[Frontier]:
     """Frontiers whose errors are the measured output damage (``model`` is a dense working copy).
 
     With ``families`` (each layer's scored structures), ``structures > 1`` and ``fit_steps``,
     each measured size tries the ``structures`` structures of least weight error within it,
     output-fits each, and measures the network damage of the one of least output error
     ``||Y - layer(X)||`` (the structure choice by output error rather than weight error).
+
+    With ``families``, ``patterns`` and :data:`PATTERNS`, a layer whose families hold more than
+    one bond pattern (:func:`_pattern`) is measured along each pattern's own parameter frontier
+    (at the ladder ratios: each pattern's best weight-error point within each ratio), each
+    pattern's unmeasured points get damages interpolated between that pattern's own measured
+    points, and the layer's frontier is the (parameters, damage) Pareto set of all of them. So
+    the allocation can pick, per layer, the pattern whose sizes damage the output least, even
+    where its points are dominated in weight error. Cost: up to ``len(ratios)`` measurements
+    (each an output fit with ``fit_steps`` and a network pass) per pattern instead of per layer,
+    i.e. about the number of patterns (4 to 8 for ``method="sekron"``) times the time. The
+    frontiers are priced in parameters (``Frontier.from_families``), so ``frontiers`` must be
+    too: the caller passes ``patterns`` only with a parameter budget.
     """
     work = copy.deepcopy(model).eval()
     ref = _outputs(work, batches)
@@ -206,17 +253,20 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
     out = []
     for j, (name, f) in enumerate(progress(list(zip(names, frontiers)))):
         dense = work.get_submodule(name)
-        partial = replay is not None and any(f.refs[i] is not None for i in _ladder(f, ratios)) and replay.prepare(name)
+        fams = families[j] if families is not None else None
+        fronts: list[tuple[Frontier, Sequence[Any] | None]] = [(f, fams)]
+        if PATTERNS and patterns and fams is not None and len({(_pattern(fam), fam.baseline) for fam in fams}) > 1:
+            fronts = list(_pattern_frontiers(f, fams))
+        todo = [(g, gf, i) for g, gf in fronts for i in _ladder(g, ratios) if g.refs[i] is not None]
+        partial = replay is not None and bool(todo) and replay.prepare(name)
         grams = None
         if fit_steps > 0 and j in runs:  # a layer that never runs in eval mode has no inputs to fit to
             grams = stream_grams(work, dense, work, dense, batches, max_samples, torch.Generator().manual_seed(seed))
-        pts = []
-        for i in _ladder(f, ratios):
-            if f.refs[i] is None:  # only "keep dense" (damage 0) on this frontier
-                continue
-            refs = [f.refs[i]]
-            if grams is not None and families is not None and structures > 1:
-                refs = _alternatives(f, i, families[j], structures)
+        pts: dict[int, list[tuple[int, float, Any]]] = {id(g): [] for g, _ in fronts}
+        for g, gf, i in todo:
+            refs: list[Any] = [g.refs[i]]
+            if grams is not None and gf is not None and structures > 1:  # other structures (of g's pattern)
+                refs = _alternatives(g, i, gf, structures)
             best = None
             for r in refs:
                 new = build(name, _as_candidate(r, f.dense))
@@ -227,9 +277,10 @@ def sensitivity_frontiers(model: nn.Module, names: Sequence[str], frontiers: Seq
             _, new, r = best
             work.set_submodule(name, new)
             got = replay.outputs() if partial and replay is not None else _outputs(work, batches)
-            size = int(f.params[i]) if r is refs[0] else int(r[0].params[r[1]])  # the frontier's own cost unit
-            pts.append((size, sum(float(((g - r_).double() ** 2).sum())
-                              for g, r_ in zip(got, ref)) / norm, r))
+            size = int(g.params[i]) if r is refs[0] else int(r[0].params[r[1]])  # the frontier's own cost unit
+            pts[id(g)].append((size, sum(float(((o - r_).double() ** 2).sum())
+                                         for o, r_ in zip(got, ref)) / norm, r))
         work.set_submodule(name, dense)
-        out.append(_interpolated(f, pts))
+        out.append(_interpolated(f, pts[id(f)]) if len(fronts) == 1 else
+                   _merged([_interpolated(g, pts[id(g)]) for g, _ in fronts], f.dense))
     return out

@@ -359,7 +359,10 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
         "error": least sum of squared relative weight errors for the budget (module
         docstring); "uniform": the same per-layer ratio everywhere; "sensitivity": least
         sum of measured network-output damages, each layer compressed alone at a ladder
-        of ratios (needs ``calibration``). Default: "sensitivity" with calibration, else "error".
+        of ratios (needs ``calibration``); with ``budget="params"``, several bond patterns
+        (``method="sekron"``) and :data:`sekron.torch._sensitivity.PATTERNS` set (off by
+        default), along each pattern's own frontier (about the number of patterns times the
+        measurements). Default: "sensitivity" with calibration, else "error".
     calibration : tensor or iterable of batches, optional
         Unlabeled model inputs: a tensor ``(N, ...)`` (split into ``batch_size`` batches),
         or an iterable of batches, each a tensor or a tuple/list whose first item is the
@@ -596,7 +599,8 @@ def compress(model: nn.Module, ratio: float, *, method: str = "sekron", include:
             model, [layer.name for layer in chosen], frontiers, lambda n, c: build(by_name[n], c), batches,
             progress=lambda it: show_progress(it, desc="sekron sensitivity", enabled=progress),
             fit_steps=sensitivity_steps if objective == "output" else 0, solver=solver,
-            max_samples=max_samples, seed=seed, families=families, structures=structures)
+            max_samples=max_samples, seed=seed, families=families, structures=structures,
+            patterns=budget == "params")  # per-pattern frontiers are priced in parameters
     if budget == "macs" and sum(int(f.cost[0]) for f in alloc_frontiers) > room:
         stuck = [layer.name for layer, f in zip(chosen, alloc_frontiers) if f.refs[0] is None]
         raise ValueError(f"ratio {ratio} of the deployed MACs is out of reach: even the cheapest deployments leave "

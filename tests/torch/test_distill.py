@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -111,3 +113,78 @@ def test_distill_bad_options() -> None:
         distill(nn.Linear(3, 2), nn.Linear(3, 2), torch.randn(4, 3), shift=1, progress=False)
     with pytest.raises(ValueError, match="at least 2 inputs"):
         distill(student, teacher, x[:1], holdout=0.5, progress=False)
+
+
+def _params_close(a: nn.Module, b: nn.Module, tol: float) -> None:
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("holdout", [0.0, 0.25])
+@pytest.mark.parametrize("as_batches", [False, True])
+def test_cache_teacher_matches_running_the_teacher(dtype: torch.dtype, holdout: float, as_batches: bool) -> None:
+    teacher, student = _pair()
+    teacher, student = teacher.to(dtype), student.to(dtype)
+    x = torch.randn(40, 2, 6, 6, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    data = [(x[i:i + 10], None) for i in range(0, 40, 10)] if as_batches else x
+    kw = {"epochs": 3, "lr": 3e-3, "batch_size": 8, "progress": False, "holdout": holdout, "features": ["1"],
+          "schedule": "cosine", "seed": 2}
+    ref = distill(copy.deepcopy(student), teacher, data, **kw)
+    seen: list[int] = []  # the inputs the teacher sees: each once with the cache
+    handle = teacher.register_forward_hook(lambda m, a, o: seen.append(len(a[0])))
+    try:
+        got = distill(copy.deepcopy(student), teacher, data, cache_teacher=True, **kw)
+    finally:
+        handle.remove()
+    assert sum(seen) == len(x)
+    _params_close(got, ref, 1e-4 if dtype == torch.float32 else 1e-10)
+    assert _gap(got, teacher, x) < _gap(student, teacher, x)
+
+
+@settings(max_examples=8, deadline=None)
+@given(batch_size=st.integers(1, 12), holdout=st.sampled_from([0.0, 0.2, 0.5]), seed=st.integers(0, 2 ** 16),
+       epochs=st.integers(0, 2))
+def test_cache_teacher_property(batch_size: int, holdout: float, seed: int, epochs: int) -> None:
+    """Whatever the batching, holdout and seed: the cached teacher trains the same student (float64)."""
+    teacher, student = _pair()
+    teacher, student = teacher.double(), student.double()
+    x = torch.randn(12, 2, 5, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    kw = {"epochs": epochs, "lr": 1e-2, "batch_size": batch_size, "progress": False, "holdout": holdout,
+          "seed": seed}
+    ref = distill(copy.deepcopy(student), teacher, x, **kw)
+    got = distill(copy.deepcopy(student), teacher, x, cache_teacher=True, **kw)
+    _params_close(got, ref, 1e-10)
+
+
+def test_on_epoch_reports_the_held_out_loss() -> None:
+    teacher, student = _pair()
+    x = torch.randn(32, 2, 6, 6, generator=torch.Generator().manual_seed(6))
+    held = x[torch.randperm(32, generator=torch.Generator().manual_seed(3))[:8]]
+    model = copy.deepcopy(student)
+    seen: list[tuple[int, float | None, float]] = []
+
+    def log(epoch: int, loss: float | None) -> None:
+        seen.append((epoch, loss, _gap(model, teacher, held)))  # reference: the held-out MSE written out
+
+    got = distill(model, teacher, x, epochs=4, lr=1e-2, holdout=0.25, seed=3, cache_teacher=True, on_epoch=log,
+                  progress=False)
+    assert [e for e, _, _ in seen] == [0, 1, 2, 3, 4]
+    for _, loss, ref in seen:
+        assert loss is not None and loss == pytest.approx(ref, rel=1e-5)
+    # the student ends at the best of the start and the epochs on the held-out inputs
+    assert seen[0][2] == pytest.approx(_gap(student, teacher, held), rel=1e-6)
+    assert _gap(got, teacher, held) == pytest.approx(min(r for _, _, r in seen), rel=1e-5)
+    calls: list[float | None] = []
+    distill(copy.deepcopy(student), teacher, x, epochs=2, progress=False, on_epoch=lambda e, h: calls.append(h))
+    assert calls == [None, None, None]
+
+
+def test_cache_teacher_bad_options() -> None:
+    teacher, student = _pair()
+    x = torch.randn(8, 2, 6, 6)
+    for kw in ({"shift": 1}, {"noise": 0.1}, {"mixup": 0.2}):
+        with pytest.raises(ValueError, match="cache_teacher=True"):
+            distill(student, teacher, x, cache_teacher=True, progress=False, **kw)
+    with pytest.raises(TypeError, match="on_epoch must be callable"):
+        distill(student, teacher, x, on_epoch=3, progress=False)  # type: ignore[arg-type]

@@ -45,6 +45,8 @@ def test_memo_measures_once_then_reuses_the_same_damages(tmp_path: Path, monkeyp
     comp = importlib.import_module("sekron.torch.compression")
     sens = importlib.import_module("sekron.torch._sensitivity")
     monkeypatch.setattr(comp, "sensitivity_frontiers", comp.sensitivity_frontiers)  # restored after the test
+    # the memo records points of each layer's own frontier: no per-pattern frontiers (off at ddddocr's budget="macs")
+    monkeypatch.setattr(sens, "PATTERNS", False)
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     plain, plain_rep = _run(x, traced)  # no memo: the reference
     path = str(tmp_path / "sens.json")
