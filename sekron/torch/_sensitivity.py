@@ -71,13 +71,19 @@ def _interpolated(f: Frontier, pts: Sequence[tuple[int, float, Any]]) -> Frontie
     items = [(int(p[0]), float(p[1]), p[2]) for p in pts]
     items += [(int(q), float(np.interp(np.log(q), mp[order], md[order])), f.refs[i])
               for i, q in enumerate(f.params[:-1]) if int(q) not in measured]
+    return _pareto(sorted(items, key=lambda t: (t[0], t[1])), f.dense)
+
+
+def _pareto(items: Sequence[tuple[int, float, Any]], dense: int) -> Frontier:
+    """The frontier of ``(cost, damage, reference)`` items sorted by cost: each item that lowers the damage, then
+    "keep dense" (cost ``dense``, damage 0)."""
     keep, best = [], np.inf
-    for item in sorted(items, key=lambda t: (t[0], t[1])):
+    for item in items:
         if item[1] < best:
             keep.append(item)
             best = item[1]
-    return Frontier(np.asarray([t[0] for t in keep] + [f.dense], dtype=np.int64),
-                    np.asarray([t[1] for t in keep] + [0.0]), [t[2] for t in keep] + [None], f.dense)
+    return Frontier(np.asarray([t[0] for t in keep] + [dense], dtype=np.int64),
+                    np.asarray([t[1] for t in keep] + [0.0]), [t[2] for t in keep] + [None], dense)
 
 
 def _merged(fronts: Sequence[Frontier], dense: int) -> Frontier:
@@ -85,13 +91,7 @@ def _merged(fronts: Sequence[Frontier], dense: int) -> Frontier:
     items = sorted(((int(f.params[i]), float(f.err2[i]), k, f.refs[i]) for k, f in enumerate(fronts)
                     for i in range(len(f.params)) if f.refs[i] is not None and int(f.params[i]) < dense),
                    key=lambda t: t[:3])
-    keep, best = [], np.inf
-    for item in items:
-        if item[1] < best:
-            keep.append(item)
-            best = item[1]
-    return Frontier(np.asarray([t[0] for t in keep] + [dense], dtype=np.int64),
-                    np.asarray([t[1] for t in keep] + [0.0]), [t[3] for t in keep] + [None], dense)
+    return _pareto([(cost, damage, ref) for cost, damage, _k, ref in items], dense)
 
 
 def _pattern_frontiers(f: Frontier, families: Sequence[Any]) -> list[tuple[Frontier, list[Any]]]:
